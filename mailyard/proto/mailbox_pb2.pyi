@@ -1,0 +1,144 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Format(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FULL: _ClassVar[Format]
+    METADATA: _ClassVar[Format]
+    RAW: _ClassVar[Format]
+FULL: Format
+METADATA: Format
+RAW: Format
+
+class MessageSummary(_message.Message):
+    __slots__ = ("id", "thread_id", "to", "subject", "snippet", "received_at", "labels", "unread", "has_attachments", "size")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_FIELD_NUMBER: _ClassVar[int]
+    HAS_ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    thread_id: str
+    to: _containers.RepeatedScalarFieldContainer[str]
+    subject: str
+    snippet: str
+    received_at: int
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    unread: bool
+    has_attachments: bool
+    size: int
+    def __init__(self, id: _Optional[str] = ..., thread_id: _Optional[str] = ..., to: _Optional[_Iterable[str]] = ..., subject: _Optional[str] = ..., snippet: _Optional[str] = ..., received_at: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., unread: _Optional[bool] = ..., has_attachments: _Optional[bool] = ..., size: _Optional[int] = ..., **kwargs) -> None: ...
+
+class ListMessagesRequest(_message.Message):
+    __slots__ = ("label", "page_size", "page_token")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    page_size: int
+    page_token: str
+    def __init__(self, label: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListMessagesResponse(_message.Message):
+    __slots__ = ("messages", "next_page_token", "unread_count")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[MessageSummary]
+    next_page_token: str
+    unread_count: int
+    def __init__(self, messages: _Optional[_Iterable[_Union[MessageSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., unread_count: _Optional[int] = ...) -> None: ...
+
+class GetMessageRequest(_message.Message):
+    __slots__ = ("id", "format")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    format: Format
+    def __init__(self, id: _Optional[str] = ..., format: _Optional[_Union[Format, str]] = ...) -> None: ...
+
+class Header(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class Attachment(_message.Message):
+    __slots__ = ("id", "filename", "content_type", "size", "sha256")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    def __init__(self, id: _Optional[str] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class Message(_message.Message):
+    __slots__ = ("summary", "headers", "text_body", "html_body", "attachments", "raw", "malformed", "cc", "rfc822_message_id")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_BODY_FIELD_NUMBER: _ClassVar[int]
+    HTML_BODY_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    MALFORMED_FIELD_NUMBER: _ClassVar[int]
+    CC_FIELD_NUMBER: _ClassVar[int]
+    RFC822_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    summary: MessageSummary
+    headers: _containers.RepeatedCompositeFieldContainer[Header]
+    text_body: str
+    html_body: str
+    attachments: _containers.RepeatedCompositeFieldContainer[Attachment]
+    raw: bytes
+    malformed: bool
+    cc: _containers.RepeatedScalarFieldContainer[str]
+    rfc822_message_id: str
+    def __init__(self, summary: _Optional[_Union[MessageSummary, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., text_body: _Optional[str] = ..., html_body: _Optional[str] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., raw: _Optional[bytes] = ..., malformed: _Optional[bool] = ..., cc: _Optional[_Iterable[str]] = ..., rfc822_message_id: _Optional[str] = ...) -> None: ...
+
+class GetAttachmentRequest(_message.Message):
+    __slots__ = ("message_id", "attachment_id")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    attachment_id: str
+    def __init__(self, message_id: _Optional[str] = ..., attachment_id: _Optional[str] = ...) -> None: ...
+
+class AttachmentChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class ModifyLabelsRequest(_message.Message):
+    __slots__ = ("ids", "add_labels", "remove_labels")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ADD_LABELS_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_LABELS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    add_labels: _containers.RepeatedScalarFieldContainer[str]
+    remove_labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., add_labels: _Optional[_Iterable[str]] = ..., remove_labels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ModifyLabelsResponse(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[MessageSummary]
+    def __init__(self, messages: _Optional[_Iterable[_Union[MessageSummary, _Mapping]]] = ...) -> None: ...

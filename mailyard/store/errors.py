@@ -1,0 +1,9 @@
+"""Errors every storage adapter raises, so callers need not know the backend."""
+
+
+class StorageError(Exception):
+    """A backend failed or is unreachable; the operation may be retried."""
+
+
+class NotFound(StorageError):
+    """The key, message or user does not exist (or is not the caller's)."""

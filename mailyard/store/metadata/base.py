@@ -2,7 +2,9 @@
 
 Everything is partitioned by user: every message call names the user, and an
 adapter must never return a message of another user, so a foreign id behaves
-exactly like a missing one.
+exactly like a missing one. User ids, addresses and domains are compared
+case-insensitively (adapters store them lower-cased); labels and ids are
+case-sensitive.
 """
 from __future__ import annotations
 
@@ -118,11 +120,14 @@ class MetadataStore(abc.ABC):
     async def modify_labels(self, user_id: str, message_ids: list[str],
                             add: set[str], remove: set[str]) -> list[MessageRecord]:
         """Applies the change to the user's messages among `message_ids` and
-        returns them as they are now; ids that are not the user's are skipped."""
+        returns them as they are now, once each in the given order; ids that are
+        not the user's are skipped. A label in both `add` and `remove` is removed."""
 
     @abc.abstractmethod
     async def find_thread(self, user_id: str, rfc822_ids: list[str]) -> str | None:
-        """The thread of the user's message whose Message-ID is one of these, if any."""
+        """The thread of the user's message whose Message-ID is one of these, if any;
+        when several match, the first of `rfc822_ids` that matches wins. The first
+        message stored with a given Message-ID decides its thread."""
 
     # --- blob links ----------------------------------------------------
     @abc.abstractmethod
@@ -132,7 +137,7 @@ class MetadataStore(abc.ABC):
 
     @abc.abstractmethod
     async def blob_owners(self, key: str) -> list[str]:
-        ...
+        """Every owner linked to `key`, sorted."""
 
     @abc.abstractmethod
     async def close(self) -> None:

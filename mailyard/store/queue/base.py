@@ -29,7 +29,9 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 
 class Consumer(abc.ABC):
-    """One member of a consumer group on one topic."""
+    """One member of a consumer group on one topic. A member keeps its
+    partitions by fetching: one that stops fetching for longer than the
+    adapter's session timeout is taken for dead and its partitions move on."""
 
     @abc.abstractmethod
     async def fetch(self, max_records: int = 100, timeout: float = 1.0) -> list[Record]:
@@ -42,7 +44,8 @@ class Consumer(abc.ABC):
     @abc.abstractmethod
     async def commit(self, records: list[Record]) -> None:
         """Marks these records, and everything before them in their partitions,
-        processed for the group. Durable when it returns."""
+        processed for the group. Durable when it returns. A group's offset
+        never moves backwards, so committing older records changes nothing."""
 
     @abc.abstractmethod
     async def rewind(self) -> None:
@@ -68,8 +71,10 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     async def lag(self, topic: str, group: str) -> int:
-        """How many records the group has not committed yet, over all partitions."""
+        """How many records the group has not committed yet, over all partitions.
+        A group that never joined counts every record still kept."""
 
     @abc.abstractmethod
     async def close(self) -> None:
-        ...
+        """Closes the consumers opened here (they leave their groups) and the
+        connections. Calling it again does nothing."""

@@ -1,0 +1,129 @@
+"""BlobStore on the local file system: `root/sha256/ab/cd/<hex>`.
+
+A blob appears under its key only by an atomic rename of a fully written,
+fsynced temporary file, and the directory is fsynced after the rename, so a
+crash leaves either the whole blob or none of it (plus, at worst, a stray
+temporary file that is never read as a blob). All file I/O runs in worker
+threads so fsync never stalls the event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, AsyncIterator, BinaryIO, Callable, TypeVar
+
+from mailyard.store.blobs.base import BlobStore, blob_key
+from mailyard.store.errors import NotFound, StorageError
+
+_KEY = re.compile(r"sha256/([0-9a-f]{64})")
+TMP_PREFIX = ".tmp-"  # temporary files start with this; never a valid blob name
+
+T = TypeVar("T")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FsBlobStore(BlobStore):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def path_for(self, key: str) -> Path:
+        """The file holding `key`; ValueError for anything but `sha256/<64 lowercase hex>`,
+        so no key can name a path outside the store."""
+        match = _KEY.fullmatch(key)
+        if match is None:
+            raise ValueError(f"invalid blob key: {key!r}")
+        hexdigest = match.group(1)
+        return self.root / "sha256" / hexdigest[:2] / hexdigest[2:4] / hexdigest
+
+    async def start(self) -> None:
+        await _io(self.root.mkdir, parents=True, exist_ok=True)
+
+    async def put(self, data: bytes) -> str:
+        return await _io(self._put, data)
+
+    async def get(self, key: str) -> bytes:
+        return await _io(self._read, self.path_for(key), key)
+
+    async def stream(self, key: str, chunk_size: int = 64 * 1024) -> AsyncIterator[bytes]:
+        path = self.path_for(key)
+        f = await _io(self._open, path, key)
+        try:
+            while chunk := await _io(f.read, chunk_size):
+                yield chunk
+        finally:
+            f.close()
+
+    async def exists(self, key: str) -> bool:
+        return await _io(self.path_for(key).is_file)
+
+    async def delete(self, key: str) -> None:
+        await _io(self.path_for(key).unlink, missing_ok=True)
+
+    async def close(self) -> None:
+        """Nothing to release: no file stays open between calls."""
+
+    # --- in a worker thread ------------------------------------------------
+    def _put(self, data: bytes) -> str:
+        key = blob_key(data)  # hashing megabytes belongs off the event loop too
+        path = self.path_for(key)
+        if path.is_file():
+            return key
+        self._make_dirs(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            # Concurrent writers of the same bytes each rename their own complete
+            # copy; the last rename wins and every reader sees a whole blob.
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+        return key
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Creates the fan-out directories, fsyncing each new entry's parent so
+        the blob's path itself survives a crash."""
+        if directory.is_dir():
+            return
+        self._make_dirs(directory.parent)
+        try:
+            directory.mkdir()
+        except FileExistsError:  # another writer made it first
+            return
+        _fsync_dir(directory.parent)
+
+    @staticmethod
+    def _read(path: Path, key: str) -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(key) from None
+
+    @staticmethod
+    def _open(path: Path, key: str) -> BinaryIO:
+        try:
+            return path.open("rb")
+        except FileNotFoundError:
+            raise NotFound(key) from None
+
+
+async def _io(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Runs blocking file I/O in a worker thread; OS failures become StorageError."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except OSError as e:
+        raise StorageError(f"blob store: {e}") from e

@@ -1,0 +1,338 @@
+"""MetadataStore on SQLite: the embedded default, one database file.
+
+The tables mirror the distributed data model so a Cassandra adapter maps one
+to one: `messages` holds each full record under (user_id, message_id), and
+`message_labels` is the listing table, clustered newest first per
+(user_id, label), so a page is a range read, never a sort of the mailbox.
+
+One dedicated thread owns the connection, so the event loop never waits on
+disk and calls run in order. WAL lets readers in other processes (the
+launcher may run services in separate processes on one data dir) go on while
+one writes; the busy timeout makes writers queue instead of failing, and
+synchronous=FULL makes a commit durable before the caller goes on to commit
+its queue offset.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+from mailyard.store.errors import StorageError
+from mailyard.store.metadata.base import (AttachmentRef, Cursor, MessageRecord, MetadataStore,
+                                          User)
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's transaction
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS domains (
+        domain TEXT PRIMARY KEY
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS users (
+        address TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    # Lists and attachments are JSON text; rows can be large, so keep the rowid
+    # table (WITHOUT ROWID suits small rows only).
+    """CREATE TABLE IF NOT EXISTS messages (
+        user_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        thread_id TEXT NOT NULL,
+        received_at_ms INTEGER NOT NULL,
+        skeleton_key TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        rfc822_message_id TEXT NOT NULL,
+        references_json TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        to_json TEXT NOT NULL,
+        cc_json TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        snippet TEXT NOT NULL,
+        labels_json TEXT NOT NULL,
+        has_attachments INTEGER NOT NULL,
+        attachments_json TEXT NOT NULL,
+        malformed INTEGER NOT NULL,
+        queue_id TEXT NOT NULL,
+        PRIMARY KEY (user_id, message_id)
+    )""",
+    # The primary key is the listing index: (user, label) then newest first,
+    # ties by message_id descending, exactly the order of list_messages.
+    """CREATE TABLE IF NOT EXISTS message_labels (
+        user_id TEXT NOT NULL,
+        label TEXT NOT NULL,
+        received_at_ms INTEGER NOT NULL,
+        message_id TEXT NOT NULL,
+        PRIMARY KEY (user_id, label, received_at_ms DESC, message_id DESC)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS thread_ids (
+        user_id TEXT NOT NULL,
+        rfc822_message_id TEXT NOT NULL,
+        thread_id TEXT NOT NULL,
+        PRIMARY KEY (user_id, rfc822_message_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS blob_links (
+        blob_key TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        PRIMARY KEY (blob_key, owner)
+    ) WITHOUT ROWID""",
+)
+
+_COLUMNS = ("user_id", "message_id", "thread_id", "received_at_ms", "skeleton_key", "size",
+            "rfc822_message_id", "references_json", "sender", "to_json", "cc_json", "subject",
+            "snippet", "labels_json", "has_attachments", "attachments_json", "malformed",
+            "queue_id")
+_SELECT = "SELECT " + ", ".join("m." + c for c in _COLUMNS) + " FROM messages AS m"
+_INSERT = (f"INSERT INTO messages ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+           " ON CONFLICT (user_id, message_id) DO NOTHING")
+_LIST = (_SELECT + " JOIN message_labels AS l"
+         " ON m.user_id = l.user_id AND m.message_id = l.message_id"
+         " WHERE l.user_id = ? AND l.label = ? {after}"
+         " ORDER BY l.received_at_ms DESC, l.message_id DESC LIMIT ?")
+_AFTER = "AND (l.received_at_ms, l.message_id) < (?, ?)"
+_COUNT = "SELECT count(*) FROM message_labels AS l WHERE l.user_id = ? AND l.label = ?"
+_UNREAD = (" AND EXISTS (SELECT 1 FROM message_labels AS u WHERE u.user_id = l.user_id"
+           " AND u.label = 'UNREAD' AND u.received_at_ms = l.received_at_ms"
+           " AND u.message_id = l.message_id)")
+_ADD_LABEL = ("INSERT INTO message_labels (user_id, label, received_at_ms, message_id)"
+              " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+_REMOVE_LABEL = ("DELETE FROM message_labels"
+                 " WHERE user_id = ? AND label = ? AND received_at_ms = ? AND message_id = ?")
+
+
+class SqliteMetadataStore(MetadataStore):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = Path(path)
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata-sqlite")
+        await self._call(self._open)
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        executor = self._executor
+        try:
+            await self._call(self._close_db)  # runs after every call already queued
+        finally:
+            self._executor = None
+            executor.shutdown(wait=False)
+
+    # --- domains -------------------------------------------------------
+    async def add_domain(self, domain: str) -> None:
+        await self._call(self._write, "INSERT INTO domains (domain) VALUES (?)"
+                         " ON CONFLICT DO NOTHING", (domain.lower(),))
+
+    async def list_domains(self) -> list[str]:
+        rows = await self._call(self._read, "SELECT domain FROM domains ORDER BY domain", ())
+        return [row[0] for row in rows]
+
+    async def has_domain(self, domain: str) -> bool:
+        rows = await self._call(self._read, "SELECT 1 FROM domains WHERE domain = ?",
+                                (domain.lower(),))
+        return bool(rows)
+
+    # --- users ---------------------------------------------------------
+    async def put_user(self, user: User) -> None:
+        await self._call(self._write, "INSERT INTO users (address, password_hash, created_at_ms)"
+                         " VALUES (?, ?, ?) ON CONFLICT (address) DO UPDATE SET"
+                         " password_hash = excluded.password_hash,"
+                         " created_at_ms = excluded.created_at_ms",
+                         (user.address.lower(), user.password_hash, user.created_at_ms))
+
+    async def get_user(self, address: str) -> User | None:
+        rows = await self._call(self._read, "SELECT address, password_hash, created_at_ms"
+                                " FROM users WHERE address = ?", (address.lower(),))
+        return User(*rows[0]) if rows else None
+
+    async def list_users(self) -> list[User]:
+        rows = await self._call(self._read, "SELECT address, password_hash, created_at_ms"
+                                " FROM users ORDER BY address", ())
+        return [User(*row) for row in rows]
+
+    # --- messages ------------------------------------------------------
+    async def put_message(self, record: MessageRecord) -> bool:
+        return await self._call(self._put_message, record)
+
+    async def get_message(self, user_id: str, message_id: str) -> MessageRecord | None:
+        rows = await self._call(self._read, _SELECT + " WHERE m.user_id = ? AND m.message_id = ?",
+                                (user_id.lower(), message_id))
+        return _record(rows[0]) if rows else None
+
+    async def list_messages(self, user_id: str, label: str, limit: int,
+                            after: Cursor | None = None) -> list[MessageRecord]:
+        if limit <= 0:  # SQLite reads a negative LIMIT as "no limit"
+            return []
+        if after is None:
+            sql, params = _LIST.format(after=""), (user_id.lower(), label, limit)
+        else:
+            sql = _LIST.format(after=_AFTER)
+            params = (user_id.lower(), label, after[0], after[1], limit)
+        return [_record(row) for row in await self._call(self._read, sql, params)]
+
+    async def count_messages(self, user_id: str, label: str, unread_only: bool = False) -> int:
+        sql = _COUNT + (_UNREAD if unread_only else "")
+        rows = await self._call(self._read, sql, (user_id.lower(), label))
+        return rows[0][0]
+
+    async def modify_labels(self, user_id: str, message_ids: list[str],
+                            add: set[str], remove: set[str]) -> list[MessageRecord]:
+        return await self._call(self._modify_labels, user_id.lower(), message_ids, add, remove)
+
+    async def find_thread(self, user_id: str, rfc822_ids: list[str]) -> str | None:
+        return await self._call(self._find_thread, user_id.lower(), rfc822_ids)
+
+    # --- blob links ----------------------------------------------------
+    async def link_blobs(self, owner: str, keys: list[str]) -> None:
+        await self._call(self._write_many, "INSERT INTO blob_links (blob_key, owner)"
+                         " VALUES (?, ?) ON CONFLICT DO NOTHING", [(k, owner) for k in keys])
+
+    async def blob_owners(self, key: str) -> list[str]:
+        rows = await self._call(self._read, "SELECT owner FROM blob_links WHERE blob_key = ?"
+                                " ORDER BY owner", (key,))
+        return [row[0] for row in rows]
+
+    # --- plumbing ------------------------------------------------------
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs `fn` on the connection's thread; backend failures become StorageError."""
+        if self._executor is None:
+            raise StorageError("metadata store is not started")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except (sqlite3.Error, OSError) as e:
+            raise StorageError(f"metadata store {self._path}: {e}") from e
+
+    # --- on the connection's thread ------------------------------------
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise StorageError(f"metadata store {self._path}: cannot use WAL (got {mode})")
+            db.execute("PRAGMA synchronous=FULL")
+            with _transaction(db):
+                for statement in SCHEMA:
+                    db.execute(statement)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StorageError("metadata store is not started")
+        return self._db
+
+    def _read(self, sql: str, params: tuple) -> list[tuple]:
+        return self._conn().execute(sql, params).fetchall()
+
+    def _write(self, sql: str, params: tuple) -> None:
+        self._conn().execute(sql, params)  # one statement: its own transaction
+
+    def _write_many(self, sql: str, rows: list[tuple]) -> None:
+        with _transaction(self._conn()) as db:
+            db.executemany(sql, rows)
+
+    def _put_message(self, record: MessageRecord) -> bool:
+        row = _row(record)
+        user_id, message_id, thread_id, received_at_ms = row[:4]
+        with _transaction(self._conn()) as db:
+            if db.execute(_INSERT, row).rowcount == 0:
+                return False  # a replay: keep the labels the user changed since
+            db.executemany(_ADD_LABEL, [(user_id, label, received_at_ms, message_id)
+                                        for label in record.labels])
+            if record.rfc822_message_id:
+                # The first message with this Message-ID fixes its thread.
+                db.execute("INSERT INTO thread_ids (user_id, rfc822_message_id, thread_id)"
+                           " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                           (user_id, record.rfc822_message_id, thread_id))
+        return True
+
+    def _modify_labels(self, user_id: str, message_ids: list[str],
+                       add: set[str], remove: set[str]) -> list[MessageRecord]:
+        changed: list[MessageRecord] = []
+        with _transaction(self._conn()) as db:
+            for message_id in dict.fromkeys(message_ids):  # once each, in the caller's order
+                row = db.execute(_SELECT + " WHERE m.user_id = ? AND m.message_id = ?",
+                                 (user_id, message_id)).fetchone()
+                if row is None:
+                    continue  # missing or another user's: skipped alike
+                record = _record(row)
+                labels = (record.labels | add) - remove
+                key = (record.received_at_ms, message_id)
+                db.executemany(_ADD_LABEL, [(user_id, label, *key)
+                                            for label in labels - record.labels])
+                db.executemany(_REMOVE_LABEL, [(user_id, label, *key)
+                                               for label in record.labels - labels])
+                if labels != record.labels:
+                    db.execute("UPDATE messages SET labels_json = ?"
+                               " WHERE user_id = ? AND message_id = ?",
+                               (json.dumps(sorted(labels)), user_id, message_id))
+                record.labels = labels
+                changed.append(record)
+        return changed
+
+    def _find_thread(self, user_id: str, rfc822_ids: list[str]) -> str | None:
+        db = self._conn()
+        for rfc822_id in rfc822_ids:  # the caller's order is its preference
+            row = db.execute("SELECT thread_id FROM thread_ids"
+                             " WHERE user_id = ? AND rfc822_message_id = ?",
+                             (user_id, rfc822_id)).fetchone()
+            if row is not None:
+                return row[0]
+        return None
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    # IMMEDIATE takes the write lock up front, so a transaction that reads
+    # before it writes waits in the busy handler rather than failing with
+    # SQLITE_BUSY when another process wrote in between.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _row(r: MessageRecord) -> tuple:
+    return (r.user_id.lower(), r.message_id, r.thread_id, r.received_at_ms, r.skeleton_key,
+            r.size, r.rfc822_message_id, json.dumps(r.references), r.sender, json.dumps(r.to),
+            json.dumps(r.cc), r.subject, r.snippet, json.dumps(sorted(r.labels)),
+            int(r.has_attachments), json.dumps([asdict(a) for a in r.attachments]),
+            int(r.malformed), r.queue_id)
+
+
+def _record(row: tuple) -> MessageRecord:
+    (user_id, message_id, thread_id, received_at_ms, skeleton_key, size, rfc822_message_id,
+     references, sender, to, cc, subject, snippet, labels, has_attachments, attachments,
+     malformed, queue_id) = row
+    return MessageRecord(
+        user_id=user_id, message_id=message_id, thread_id=thread_id,
+        received_at_ms=received_at_ms, skeleton_key=skeleton_key, size=size,
+        rfc822_message_id=rfc822_message_id, references=json.loads(references), sender=sender,
+        to=json.loads(to), cc=json.loads(cc), subject=subject, snippet=snippet,
+        labels=set(json.loads(labels)), has_attachments=bool(has_attachments),
+        attachments=[AttachmentRef(**a) for a in json.loads(attachments)],
+        malformed=bool(malformed), queue_id=queue_id)

@@ -1,0 +1,455 @@
+"""MetadataStore contract: every adapter must pass these (fixtures `metadata`
+and `metadata_factory`, which opens more stores on the same backend).
+
+Every test works on fresh uuid users and domains, so it holds on a shared
+server where other tests' data is present.
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mailyard.store.errors import StorageError
+from mailyard.store.metadata.base import AttachmentRef, MessageRecord, MetadataStore, User
+from mailyard.store.metadata.sqlite import SqliteMetadataStore
+
+from .conftest_ports import MetadataFactory
+
+T0 = 1_700_000_000_000
+
+
+def new_user() -> str:
+    return f"u{uuid.uuid4().hex[:16]}@example.test"
+
+
+def message(user_id: str, received_at_ms: int = T0, message_id: str | None = None,
+            labels: set[str] | None = None, **fields) -> MessageRecord:
+    message_id = message_id or uuid.uuid4().hex
+    return MessageRecord(
+        user_id=user_id, message_id=message_id, thread_id=fields.pop("thread_id", message_id),
+        received_at_ms=received_at_ms, skeleton_key="sha256/" + "0" * 64, size=100,
+        labels={"INBOX", "UNREAD"} if labels is None else labels, **fields)
+
+
+def ids(records: list[MessageRecord]) -> list[str]:
+    return [r.message_id for r in records]
+
+
+def newest_first(records: list[MessageRecord]) -> list[str]:
+    return ids(sorted(records, key=lambda r: (r.received_at_ms, r.message_id), reverse=True))
+
+
+async def put_all(store: MetadataStore, records: list[MessageRecord]) -> None:
+    for r in records:
+        assert await store.put_message(r)
+
+
+# --- domains and users -------------------------------------------------
+
+async def test_domains_are_idempotent_and_case_insensitive(metadata: MetadataStore):
+    domain = f"D{uuid.uuid4().hex[:8]}.Example.TEST"
+    assert not await metadata.has_domain(domain)
+    await metadata.add_domain(domain)
+    await metadata.add_domain(domain.lower())
+    await metadata.add_domain(domain.upper())
+    assert await metadata.has_domain(domain.upper())
+    assert await metadata.has_domain(domain.lower())
+    assert [d for d in await metadata.list_domains() if d.lower() == domain.lower()] == [
+        domain.lower()]
+
+
+async def test_users_put_get_list(metadata: MetadataStore):
+    address = new_user()
+    assert await metadata.get_user(address) is None
+    await metadata.put_user(User(address.upper(), "$argon2id$hash", 1234))
+    expected = User(address, "$argon2id$hash", 1234)
+    assert await metadata.get_user(address) == expected
+    assert await metadata.get_user(address.upper()) == expected
+    assert [u for u in await metadata.list_users() if u.address == address] == [expected]
+
+
+async def test_put_user_replaces(metadata: MetadataStore):
+    address = new_user()
+    await metadata.put_user(User(address, "old", 1))
+    await metadata.put_user(User(address, "new", 2))
+    assert await metadata.get_user(address) == User(address, "new", 2)
+    assert len([u for u in await metadata.list_users() if u.address == address]) == 1
+
+
+# --- messages ----------------------------------------------------------
+
+async def test_get_returns_every_field_as_put(metadata: MetadataStore):
+    user = new_user()
+    record = MessageRecord(
+        user_id=user, message_id="m-" + uuid.uuid4().hex, thread_id="t-1",
+        received_at_ms=T0 + 123, skeleton_key="sha256/" + "a" * 64, size=123_456,
+        rfc822_message_id="<abc.123@mail.example>",
+        references=["<root@example>", "<parent@example>"],
+        sender="Zoë <zoe@example.org>", to=[user, "other@example.org"], cc=["cc@example.org"],
+        subject="Réunion — «ordre du jour» 📅", snippet="Bonjour,\r\nvoici…",
+        labels={"INBOX", "UNREAD", "IMPORTANT", "Work/2024"}, has_attachments=True,
+        attachments=[
+            AttachmentRef("1", "plan.pdf", "application/pdf", 52_000, "b" * 64,
+                          "sha256/" + "c" * 64, "base64"),
+            AttachmentRef("2", "", "text/plain", 0, "d" * 64, "sha256/" + "e" * 64, "7bit"),
+        ],
+        malformed=True, queue_id="Q123")
+    assert await metadata.put_message(record)
+    assert await metadata.get_message(user, record.message_id) == record
+
+
+async def test_defaults_round_trip(metadata: MetadataStore):
+    record = message(new_user(), labels=set())
+    assert await metadata.put_message(record)
+    assert await metadata.get_message(record.user_id, record.message_id) == record
+
+
+async def test_user_id_is_case_insensitive(metadata: MetadataStore):
+    user = new_user()
+    record = message(user.upper())
+    await metadata.put_message(record)
+    got = await metadata.get_message(user, record.message_id)
+    assert got is not None and got.user_id == user
+    assert ids(await metadata.list_messages(user.upper(), "INBOX", 10)) == [record.message_id]
+
+
+async def test_get_missing_is_none(metadata: MetadataStore):
+    assert await metadata.get_message(new_user(), "nope") is None
+
+
+async def test_replayed_put_changes_nothing(metadata: MetadataStore):
+    user = new_user()
+    record = message(user, rfc822_message_id=f"<{uuid.uuid4().hex}@x>")
+    assert await metadata.put_message(record)
+    await metadata.modify_labels(user, [record.message_id], add={"STARRED"}, remove={"UNREAD"})
+
+    replay = message(user, message_id=record.message_id, subject="changed", thread_id="other",
+                     rfc822_message_id=record.rfc822_message_id)
+    assert not await metadata.put_message(replay)
+
+    got = await metadata.get_message(user, record.message_id)
+    assert got is not None
+    assert got.labels == {"INBOX", "STARRED"}
+    assert (got.subject, got.thread_id) == ("", record.thread_id)
+    assert ids(await metadata.list_messages(user, "INBOX", 10)) == [record.message_id]
+    assert await metadata.list_messages(user, "UNREAD", 10) == []
+    assert await metadata.count_messages(user, "INBOX", unread_only=True) == 0
+    assert await metadata.find_thread(user, [record.rfc822_message_id]) == record.thread_id
+
+
+async def test_listing_is_newest_first_with_ties_by_id_descending(metadata: MetadataStore):
+    user = new_user()
+    records = [message(user, T0 + 5, "m2"), message(user, T0 + 9, "m1"),
+               message(user, T0 + 5, "m3"), message(user, T0 + 1, "m9"),
+               message(user, T0 + 5, "m0"), message(user, T0 + 9, "m5")]
+    await put_all(metadata, records)
+    listed = await metadata.list_messages(user, "INBOX", 100)
+    assert [(r.received_at_ms - T0, r.message_id) for r in listed] == [
+        (9, "m5"), (9, "m1"), (5, "m3"), (5, "m2"), (5, "m0"), (1, "m9")]
+    assert listed[0] == records[5]
+
+
+async def test_limit(metadata: MetadataStore):
+    user = new_user()
+    records = [message(user, T0 + i) for i in range(5)]
+    await put_all(metadata, records)
+    assert ids(await metadata.list_messages(user, "INBOX", 2)) == newest_first(records)[:2]
+    assert await metadata.list_messages(user, "INBOX", 0) == []
+
+
+async def test_cursor_starts_strictly_after(metadata: MetadataStore):
+    user = new_user()
+    records = [message(user, T0 + 5, "a"), message(user, T0 + 5, "b"), message(user, T0 + 4, "c")]
+    await put_all(metadata, records)
+    assert ids(await metadata.list_messages(user, "INBOX", 10, after=(T0 + 5, "b"))) == ["a", "c"]
+    assert ids(await metadata.list_messages(user, "INBOX", 10, after=(T0 + 5, "a"))) == ["c"]
+    assert ids(await metadata.list_messages(user, "INBOX", 10, after=(T0 + 4, "c"))) == []
+    # A cursor need not name a stored message.
+    assert ids(await metadata.list_messages(user, "INBOX", 10, after=(T0 + 6, ""))) == [
+        "b", "a", "c"]
+
+
+async def test_paging_sees_every_message_once_while_mail_arrives(metadata: MetadataStore):
+    user = new_user()
+    # Many ties on received_at, so page boundaries fall inside a millisecond.
+    first = [message(user, T0 + i // 4, f"m{i:03}") for i in range(30)]
+    await put_all(metadata, first)
+
+    seen: list[MessageRecord] = []
+    after = None
+    arriving = 0
+    while page := await metadata.list_messages(user, "INBOX", 7, after=after):
+        seen += page
+        after = (page[-1].received_at_ms, page[-1].message_id)
+        arriving += 1
+        await metadata.put_message(message(user, T0 + 1000 + arriving))  # newer than any page
+
+    assert ids(seen) == newest_first(first)
+    assert await metadata.count_messages(user, "INBOX") == 30 + arriving
+
+
+async def test_label_filters(metadata: MetadataStore):
+    user = new_user()
+    inbox = message(user, T0 + 1, labels={"INBOX", "UNREAD"})
+    sent = message(user, T0 + 2, labels={"SENT"})
+    work = message(user, T0 + 3, labels={"INBOX", "Work"})
+    await put_all(metadata, [inbox, sent, work])
+
+    assert ids(await metadata.list_messages(user, "INBOX", 10)) == [work.message_id,
+                                                                    inbox.message_id]
+    assert ids(await metadata.list_messages(user, "SENT", 10)) == [sent.message_id]
+    assert ids(await metadata.list_messages(user, "Work", 10)) == [work.message_id]
+    assert await metadata.list_messages(user, "work", 10) == []  # labels are case-sensitive
+    assert await metadata.list_messages(user, "TRASH", 10) == []
+
+
+async def test_modify_labels_moves_messages_between_listings(metadata: MetadataStore):
+    user = new_user()
+    a, b = message(user, T0 + 1), message(user, T0 + 2)
+    await put_all(metadata, [a, b])
+
+    changed = await metadata.modify_labels(user, [a.message_id], add={"TRASH", "Work"},
+                                           remove={"INBOX"})
+    assert [(r.message_id, r.labels) for r in changed] == [(a.message_id,
+                                                            {"TRASH", "Work", "UNREAD"})]
+    assert ids(await metadata.list_messages(user, "INBOX", 10)) == [b.message_id]
+    assert ids(await metadata.list_messages(user, "TRASH", 10)) == [a.message_id]
+    assert ids(await metadata.list_messages(user, "Work", 10)) == [a.message_id]
+    got = await metadata.get_message(user, a.message_id)
+    assert got is not None and got.labels == {"TRASH", "Work", "UNREAD"}
+
+
+async def test_modify_labels_returns_the_users_messages_once_each(metadata: MetadataStore):
+    user = new_user()
+    a, b = message(user, T0 + 1), message(user, T0 + 2)
+    await put_all(metadata, [a, b])
+    changed = await metadata.modify_labels(user, [b.message_id, "missing", b.message_id,
+                                                  a.message_id], add={"STARRED"}, remove=set())
+    assert ids(changed) == [b.message_id, a.message_id]
+    assert all(r.labels == {"INBOX", "UNREAD", "STARRED"} for r in changed)
+    # Adding a label a message has and removing one it lacks change nothing.
+    again = await metadata.modify_labels(user, [a.message_id], add={"INBOX"}, remove={"SPAM"})
+    assert again[0].labels == {"INBOX", "UNREAD", "STARRED"}
+    assert await metadata.count_messages(user, "INBOX") == 2
+    assert await metadata.count_messages(user, "STARRED") == 2
+
+
+async def test_modify_labels_remove_wins_over_add(metadata: MetadataStore):
+    user = new_user()
+    record = message(user)
+    await metadata.put_message(record)
+    changed = await metadata.modify_labels(user, [record.message_id], add={"SPAM", "INBOX"},
+                                           remove={"INBOX"})
+    assert changed[0].labels == {"SPAM", "UNREAD"}
+    assert await metadata.list_messages(user, "INBOX", 10) == []
+    assert ids(await metadata.list_messages(user, "SPAM", 10)) == [record.message_id]
+
+
+async def test_counts_and_unread_counts(metadata: MetadataStore):
+    user = new_user()
+    records = [message(user, T0 + i) for i in range(5)] + [message(user, T0 + 9, labels={"SENT"})]
+    await put_all(metadata, records)
+    assert await metadata.count_messages(user, "INBOX") == 5
+    assert await metadata.count_messages(user, "INBOX", unread_only=True) == 5
+
+    await metadata.modify_labels(user, ids(records[:2]), add=set(), remove={"UNREAD"})
+    assert await metadata.count_messages(user, "INBOX") == 5
+    assert await metadata.count_messages(user, "INBOX", unread_only=True) == 3
+    assert await metadata.count_messages(user, "UNREAD") == 3
+    assert await metadata.count_messages(user, "SENT") == 1
+    assert await metadata.count_messages(user, "SENT", unread_only=True) == 0
+    assert await metadata.count_messages(user, "TRASH") == 0
+    assert await metadata.count_messages(new_user(), "INBOX") == 0
+
+
+# --- isolation ---------------------------------------------------------
+
+async def test_users_are_isolated(metadata: MetadataStore):
+    alice, bob = new_user(), new_user()
+    mine = message(alice, T0 + 1, rfc822_message_id="<shared@x>")
+    theirs = message(bob, T0 + 2, rfc822_message_id="<bobs-own@x>")
+    await put_all(metadata, [mine, theirs])
+
+    assert await metadata.get_message(alice, theirs.message_id) is None
+    assert await metadata.modify_labels(alice, [theirs.message_id], add={"TRASH"},
+                                        remove={"INBOX", "UNREAD"}) == []
+    assert await metadata.get_message(bob, theirs.message_id) == theirs
+    assert ids(await metadata.list_messages(alice, "INBOX", 10)) == [mine.message_id]
+    assert ids(await metadata.list_messages(bob, "INBOX", 10)) == [theirs.message_id]
+    assert await metadata.list_messages(alice, "TRASH", 10) == []
+    assert await metadata.list_messages(bob, "TRASH", 10) == []
+    assert await metadata.count_messages(alice, "INBOX") == 1
+    assert await metadata.find_thread(alice, ["<bobs-own@x>"]) is None
+
+
+async def test_same_message_id_for_two_users_are_two_messages(metadata: MetadataStore):
+    alice, bob = new_user(), new_user()
+    assert await metadata.put_message(message(alice, message_id="same", subject="for alice"))
+    assert await metadata.put_message(message(bob, message_id="same", subject="for bob"))
+    await metadata.modify_labels(bob, ["same"], add=set(), remove={"UNREAD"})
+    a, b = await metadata.get_message(alice, "same"), await metadata.get_message(bob, "same")
+    assert a is not None and b is not None
+    assert (a.subject, a.labels) == ("for alice", {"INBOX", "UNREAD"})
+    assert (b.subject, b.labels) == ("for bob", {"INBOX"})
+
+
+# --- threads -----------------------------------------------------------
+
+async def test_find_thread_by_any_message_id(metadata: MetadataStore):
+    user = new_user()
+    root = message(user, T0 + 1, thread_id="t-root", rfc822_message_id="<root@x>")
+    reply = message(user, T0 + 2, thread_id="t-root", rfc822_message_id="<reply@x>",
+                    references=["<root@x>"])
+    other = message(user, T0 + 3, thread_id="t-other", rfc822_message_id="<other@x>")
+    no_id = message(user, T0 + 4, thread_id="t-none")
+    await put_all(metadata, [root, reply, other, no_id])
+
+    assert await metadata.find_thread(user, ["<root@x>"]) == "t-root"
+    assert await metadata.find_thread(user, ["<unknown@x>", "<reply@x>"]) == "t-root"
+    assert await metadata.find_thread(user, ["<other@x>"]) == "t-other"
+    # Several threads match: the first id in the caller's order wins.
+    assert await metadata.find_thread(user, ["<other@x>", "<root@x>"]) == "t-other"
+    assert await metadata.find_thread(user, ["<reply@x>", "<other@x>"]) == "t-root"
+    assert await metadata.find_thread(user, ["<unknown@x>"]) is None
+    assert await metadata.find_thread(user, [""]) is None
+    # A second copy of a Message-ID (e.g. mail to oneself) does not move it.
+    await metadata.put_message(message(user, T0 + 5, thread_id="t-copy",
+                                       rfc822_message_id="<root@x>"))
+    assert await metadata.find_thread(user, ["<root@x>"]) == "t-root"
+    assert await metadata.find_thread(user, []) is None
+
+
+async def test_find_thread_never_crosses_users(metadata: MetadataStore):
+    alice, bob, carol = new_user(), new_user(), new_user()
+    await put_all(metadata, [
+        message(alice, thread_id="t-alice", rfc822_message_id="<list-post@x>"),
+        message(bob, thread_id="t-bob", rfc822_message_id="<list-post@x>"),
+    ])
+    assert await metadata.find_thread(alice, ["<list-post@x>"]) == "t-alice"
+    assert await metadata.find_thread(bob, ["<list-post@x>"]) == "t-bob"
+    assert await metadata.find_thread(carol, ["<list-post@x>"]) is None
+
+
+# --- blob links --------------------------------------------------------
+
+async def test_blob_links_are_idempotent(metadata: MetadataStore):
+    k1, k2 = ("sha256/" + uuid.uuid4().hex * 2 for _ in range(2))
+    owner1, owner2 = f"{new_user()}/m1", f"{new_user()}/m2"
+    await metadata.link_blobs(owner1, [k1, k2])
+    await metadata.link_blobs(owner1, [k1, k2])
+    await metadata.link_blobs(owner2, [k1])
+    await metadata.link_blobs(owner2, [])
+    assert await metadata.blob_owners(k1) == sorted([owner1, owner2])
+    assert await metadata.blob_owners(k2) == [owner1]
+    assert await metadata.blob_owners("sha256/" + uuid.uuid4().hex * 2) == []
+
+
+# --- durability and sharing --------------------------------------------
+
+async def test_data_survives_close_and_reopen(metadata_factory: MetadataFactory):
+    user = new_user()
+    first = await metadata_factory()
+    record = message(user, rfc822_message_id="<durable@x>")
+    await first.put_message(record)
+    await first.modify_labels(user, [record.message_id], add=set(), remove={"UNREAD"})
+    await first.put_user(User(user, "h", 1))
+    await first.link_blobs(f"{user}/m", [record.skeleton_key])
+    await first.close()
+
+    second = await metadata_factory()
+    record.labels = {"INBOX"}
+    assert await second.get_message(user, record.message_id) == record
+    assert ids(await second.list_messages(user, "INBOX", 10)) == [record.message_id]
+    assert await second.find_thread(user, ["<durable@x>"]) == record.thread_id
+    assert await second.get_user(user) == User(user, "h", 1)
+    assert f"{user}/m" in await second.blob_owners(record.skeleton_key)
+    assert not await second.put_message(record)
+
+
+async def test_two_stores_on_one_backend_see_each_others_writes(metadata_factory: MetadataFactory):
+    user = new_user()
+    a, b = await metadata_factory(), await metadata_factory()
+    record = message(user, T0)
+    assert await a.put_message(record)
+    assert await b.get_message(user, record.message_id) == record
+    assert not await b.put_message(record)
+
+    await b.modify_labels(user, [record.message_id], add={"STARRED"}, remove=set())
+    got = await a.get_message(user, record.message_id)
+    assert got is not None and got.labels == {"INBOX", "UNREAD", "STARRED"}
+
+    # Writers in both at once: none fails, none is lost.
+    batch = [message(user, T0 + 1 + i) for i in range(40)]
+    results = await asyncio.gather(*(
+        (a if i % 2 else b).put_message(r) for i, r in enumerate(batch)))
+    assert all(results)
+    assert await a.count_messages(user, "INBOX") == 41
+    assert ids(await b.list_messages(user, "INBOX", 100)) == newest_first(batch + [record])
+
+
+# --- sqlite only -------------------------------------------------------
+
+async def test_sqlite_uses_wal_so_other_processes_can_read(tmp_path: Path):
+    store = SqliteMetadataStore(tmp_path / "deep" / "metadata.db")
+    await store.start()
+    await store.close()
+    await store.close()  # closing twice is harmless
+    with sqlite3.connect(tmp_path / "deep" / "metadata.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_sqlite_errors_become_storage_errors(tmp_path: Path):
+    store = SqliteMetadataStore(tmp_path)  # a directory is no database
+    with pytest.raises(StorageError):
+        await store.start()
+    await store.close()
+    with pytest.raises(StorageError):
+        await store.get_message("a@example.test", "m")
+
+
+_WRITER = """
+import asyncio, sys
+from mailyard.store.metadata.base import MessageRecord
+from mailyard.store.metadata.sqlite import SqliteMetadataStore
+
+async def main(path, user, n):
+    store = SqliteMetadataStore(path)
+    await store.start()
+    for i in range(n):
+        assert await store.put_message(MessageRecord(
+            user_id=user, message_id=f"child-{i}", thread_id="t", received_at_ms=i,
+            skeleton_key="k", size=1, labels={"INBOX"}))
+        if i == 0:
+            print("writing", flush=True)
+    await store.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+async def test_sqlite_two_processes_write_at_once(tmp_path: Path):
+    path, user = tmp_path / "metadata.db", new_user()
+    store = SqliteMetadataStore(path)
+    await store.start()
+    try:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _WRITER, str(path), user, "300",
+            stdout=asyncio.subprocess.PIPE)
+        assert child.stdout is not None
+        assert await child.stdout.readline() == b"writing\n"
+        written = 0
+        while child.returncode is None or written < 50:
+            assert await store.put_message(message(user, T0 + written, f"parent-{written:04}",
+                                                   labels={"INBOX"}))
+            written += 1
+        assert await child.wait() == 0
+        assert await store.count_messages(user, "INBOX") == 300 + written
+        newest = await store.list_messages(user, "INBOX", 1)
+        assert ids(newest) == [f"parent-{written - 1:04}"]
+    finally:
+        await store.close()

@@ -1,0 +1,5 @@
+import sys
+
+from mailyard.policy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,197 @@
+"""The `mailyard` command line.
+
+    mailyard [--config FILE] [--data-dir DIR] COMMAND ...
+
+Global options come before the command, as in `mailyard --data-dir /srv/mail up`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+import time
+
+from mailyard.policy import config as config_module
+from mailyard.policy import logs
+from mailyard.policy.config import SERVICES, Config, ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailyard", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML configuration (default: ./mailyard.toml when present)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="where mailyard keeps its data (default: ./mailyard-data)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("up", help="run every enabled service in this process")
+    run = commands.add_parser("run", help="run one service (for systemd)")
+    run.add_argument("service", choices=SERVICES)
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    add = user.add_parser("add", help="add a user (or set their password); the password "
+                                      "is read from stdin, or prompted for on a terminal")
+    add.add_argument("address")
+    user.add_parser("list", help="list users")
+
+    domain = commands.add_parser("domain", help="manage local domains").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    domain.add_parser("add", help="accept mail for a domain").add_argument("domain")
+    domain.add_parser("list", help="list local domains")
+
+    token = commands.add_parser("token", help="API tokens from the local issuer").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    issue = token.add_parser("issue", help="print a bearer JWT for ADDRESS")
+    issue.add_argument("address")
+    issue.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+
+    conf = commands.add_parser("config", help="configuration").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    conf.add_parser("show", help="print the effective configuration as TOML")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_module.load(args.config, args.data_dir)
+    except ConfigError as exc:
+        print(f"mailyard: configuration error: {exc}", file=sys.stderr)
+        return 78  # EX_CONFIG
+    logs.setup(config.log.level, config.log.mask_addresses)
+    handler = COMMANDS[(args.command, getattr(args, "action", None))]
+    try:
+        return handler(config, args) or 0
+    except UsageError as exc:
+        print(f"mailyard: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+class UsageError(Exception):
+    pass
+
+
+def cmd_up(config: Config, args) -> None:
+    _run(config, config.services)
+
+
+def cmd_run(config: Config, args) -> None:
+    _run(config, [args.service])
+
+
+def _run(config: Config, services: list[str]) -> None:
+    from mailyard.policy.launcher import run_services
+
+    def ready(name, address):
+        if address:
+            print(f"mailyard: {name} listening on {address[0]}:{address[1]}", flush=True)
+
+    asyncio.run(run_services(config, services, ready=ready))
+
+
+async def _with_metadata(config: Config, work):
+    from mailyard.store.stores import Stores
+
+    stores = Stores(config)
+    try:
+        return await work(await stores.metadata())
+    finally:
+        await stores.close()
+
+
+def _read_password(address: str) -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"Password for {address}: ")
+        if first != getpass.getpass("Again: "):
+            raise UsageError("the passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_user_add(config: Config, args) -> None:
+    from argon2 import PasswordHasher
+
+    from mailyard.store.metadata.base import User
+
+    address = args.address.strip().lower()
+    local, _, domain = address.rpartition("@")
+    if not local or not domain:
+        raise UsageError(f"{args.address!r} is not an address (expected user@domain)")
+    password = _read_password(address)
+    if not password:
+        raise UsageError("empty password")
+
+    async def work(metadata):
+        if not await metadata.has_domain(domain):
+            raise UsageError(f"{domain} is not a local domain; add it first: "
+                             f"mailyard domain add {domain}")
+        existing = await metadata.get_user(address)
+        created = existing.created_at_ms if existing else int(time.time() * 1000)
+        await metadata.put_user(User(address, PasswordHasher().hash(password), created))
+        return existing is None
+
+    created = asyncio.run(_with_metadata(config, work))
+    print(f"{'added' if created else 'updated'} {address}")
+
+
+def cmd_user_list(config: Config, args) -> None:
+    for user in asyncio.run(_with_metadata(config, lambda m: m.list_users())):
+        print(user.address)
+
+
+def cmd_domain_add(config: Config, args) -> None:
+    domain = args.domain.strip().lower().rstrip(".")
+    if not domain or "@" in domain or " " in domain:
+        raise UsageError(f"{args.domain!r} is not a domain name")
+    asyncio.run(_with_metadata(config, lambda m: m.add_domain(domain)))
+    print(f"added {domain}")
+
+
+def cmd_domain_list(config: Config, args) -> None:
+    for domain in asyncio.run(_with_metadata(config, lambda m: m.list_domains())):
+        print(domain)
+
+
+def cmd_token_issue(config: Config, args) -> None:
+    from mailyard.store.mailbox.auth import issue_token
+
+    if args.ttl <= 0:
+        raise UsageError("--ttl must be positive")
+    print(issue_token(config, args.address, args.ttl))
+
+
+def cmd_config_show(config: Config, args) -> None:
+    print(to_toml(config_module.to_dict(config)), end="")
+
+
+def to_toml(values: dict) -> str:
+    def scalar(value) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return repr(value)
+        if isinstance(value, list):
+            return "[" + ", ".join(scalar(v) for v in value) + "]"
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [f"{k} = {scalar(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for key, table in values.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{key}]"] + [f"{k} = {scalar(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+COMMANDS = {
+    ("up", None): cmd_up,
+    ("run", None): cmd_run,
+    ("user", "add"): cmd_user_add,
+    ("user", "list"): cmd_user_list,
+    ("domain", "add"): cmd_domain_add,
+    ("domain", "list"): cmd_domain_list,
+    ("token", "issue"): cmd_token_issue,
+    ("config", "show"): cmd_config_show,
+}

@@ -1,0 +1,63 @@
+"""Starts the services a configuration enables, like Postfix's `master`.
+
+`mailyard up` runs them all in one process, sharing one set of storage
+adapters; `mailyard run SERVICE` runs one (for systemd). Daemon modules are
+imported here by name only, so policy/ depends on none of them.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+
+from mailyard.policy.config import Config
+from mailyard.policy.logs import EventLog
+
+SERVICE_MODULES = {
+    "mx": "mailyard.mta.inbound",
+    "delivery": "mailyard.delivery.worker",
+    "mailbox": "mailyard.store.mailbox.service",
+}
+
+
+async def run_services(config: Config, names: list[str], stop: asyncio.Event | None = None,
+                       ready=None) -> None:
+    """Runs the named services until SIGINT/SIGTERM (or `stop`), then stops
+    them in order: the MX first so nothing new arrives, the workers after they
+    commit what they hold. `ready(name, address)` is called as each starts."""
+    from mailyard.store.stores import Stores
+
+    log = EventLog("master")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    stores = Stores(config)
+    tasks: dict[str, asyncio.Task] = {}
+    try:
+        for name in names:
+            module = importlib.import_module(SERVICE_MODULES[name])
+            on_ready = (lambda address, name=name: ready(name, address)) if ready else None
+            tasks[name] = asyncio.create_task(module.serve(config, stores, stop, on_ready),
+                                              name=name)
+        log.info("started", services=",".join(names), data_dir=config.data_dir)
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopper, *tasks.values()],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and task.exception():
+                log.error("service_failed", service=task.get_name(), error=repr(task.exception()))
+        stop.set()
+        results = await asyncio.gather(*tasks.values(), return_exceptions=True)
+        stopper.cancel()
+        failed = [(n, r) for n, r in zip(tasks, results) if isinstance(r, BaseException)]
+        if failed:
+            raise RuntimeError("; ".join(f"{n}: {r!r}" for n, r in failed))
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        await stores.close()
+        log.info("stopped")

@@ -1,0 +1,67 @@
+"""Structured logs: one event per line, `key=value` pairs, addresses masked.
+
+Every line about a message carries its queue id, so one grep follows it
+through the MX, the queue and the delivery worker, as with Postfix.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+
+_MASK = True
+_ADDRESS = re.compile(r"([^\s@<>\"']{1,64})@([^\s@<>\"']+)")
+
+
+def setup(level: str = "info", mask_addresses: bool = True, stream=None) -> None:
+    global _MASK
+    _MASK = mask_addresses
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("mailyard")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def mask(text: str) -> str:
+    """a***@example.com: enough to tell addresses apart in a log, not to harvest them."""
+    if not _MASK:
+        return text
+    return _ADDRESS.sub(lambda m: f"{m.group(1)[:1]}***@{m.group(2)}", text)
+
+
+def _quote(value) -> str:
+    text = mask(str(value)) if isinstance(value, str) else str(value)
+    if text == "" or any(c in text for c in ' ="\n'):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+class EventLog:
+    """`log.info("accepted", queue_id=..., rcpts=2)` → one logfmt line."""
+
+    def __init__(self, service: str):
+        self.service = service
+        self._logger = logging.getLogger(f"mailyard.{service}")
+
+    def _emit(self, level: int, event: str, fields: dict) -> None:
+        if not self._logger.isEnabledFor(level):
+            return
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        pairs = " ".join(f"{k.rstrip('_')}={_quote(v)}" for k, v in fields.items() if v is not None)
+        self._logger.log(level, f"ts={stamp}Z level={logging.getLevelName(level).lower()} "
+                                f"service={self.service} event={event} {pairs}".rstrip())
+
+    def debug(self, event: str, **fields) -> None:
+        self._emit(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields) -> None:
+        self._emit(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields) -> None:
+        self._emit(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields) -> None:
+        self._emit(logging.ERROR, event, fields)

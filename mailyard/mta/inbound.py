@@ -1,0 +1,180 @@
+"""The inbound MX: accepts mail for local users and queues it durably.
+
+The protocol machine is aiosmtpd's; this module is its handler. Each check is
+a small function that returns a reply or None, run in order, so a policy reads
+like the RFC and tests need no socket. `250` is said only once the raw message
+is in the BlobStore spool and its envelope is acknowledged by the Queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from dataclasses import dataclass
+
+from mailyard.mta.ids import new_queue_id
+from mailyard.mta.smtp import EnhancedSMTP
+from mailyard.policy.config import Config, parse_listen
+from mailyard.policy.logs import EventLog
+from mailyard.proto import events_pb2
+from mailyard.store.blobs.base import BlobStore
+from mailyard.store.metadata.base import MetadataStore
+from mailyard.store.queue.base import Queue
+
+INBOUND_TOPIC = "mail.inbound"
+
+TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
+
+
+@dataclass
+class RcptContext:
+    address: str
+    already: int                      # recipients accepted so far in this transaction
+    config: Config
+    metadata: MetadataStore
+
+
+def split_address(address: str) -> tuple[str, str]:
+    local, _, domain = address.rpartition("@")
+    return local, domain.lower().rstrip(".")
+
+
+async def too_many_recipients(ctx: RcptContext) -> str | None:
+    if ctx.already >= ctx.config.mx.max_recipients:
+        return "452 4.5.3 Too many recipients"
+    return None
+
+
+async def relay_denied(ctx: RcptContext) -> str | None:
+    local, domain = split_address(ctx.address)
+    if not local or not domain or not await ctx.metadata.has_domain(domain):
+        return "550 5.7.1 Relay access denied"
+    return None
+
+
+async def unknown_user(ctx: RcptContext) -> str | None:
+    if await ctx.metadata.get_user(ctx.address.lower()) is None:
+        return "550 5.1.1 No such user here"
+    return None
+
+
+RCPT_CHECKS = (too_many_recipients, relay_denied, unknown_user)
+
+
+def received_header(*, helo: str, client_ip: str, hostname: str, queue_id: str,
+                    protocol: str, rcpts: list[str], when: float) -> bytes:
+    """The trace header we prepend (RFC 5321 4.4). A single recipient is named
+    in `for`; several are not, so one copy does not reveal the others."""
+    recipient = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
+    date = email.utils.formatdate(when, localtime=False)
+    text = (f"Received: from {helo or 'unknown'} ([{client_ip}])\r\n"
+            f"\tby {hostname} (mailyard) with {protocol} id {queue_id}{recipient};\r\n"
+            f"\t{date}\r\n")
+    return text.encode("utf-8", "surrogateescape")
+
+
+class InboundHandler:
+    def __init__(self, config: Config, metadata: MetadataStore, blobs: BlobStore,
+                 queue: Queue, log: EventLog | None = None):
+        self.config = config
+        self.metadata = metadata
+        self.blobs = blobs
+        self.queue = queue
+        self.log = log or EventLog("mx")
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        # aiosmtpd pipelines already; it just does not say so.
+        return responses[:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        ctx = RcptContext(address, len(envelope.rcpt_tos), self.config, self.metadata)
+        try:
+            for check in RCPT_CHECKS:
+                reply = await check(ctx)
+                if reply:
+                    self.log.info("rcpt_refused", client=_peer_ip(session), rcpt=address,
+                                  reply=reply)
+                    return reply
+        except Exception as exc:  # a store outage must not look like "no such user"
+            self.log.error("rcpt_check_failed", rcpt=address, error=repr(exc))
+            return TEMPFAIL
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        queue_id = new_queue_id()
+        now = time.time()
+        smtputf8 = "SMTPUTF8" in (o.upper() for o in envelope.mail_options)
+        protocol = ("UTF8SMTP" if smtputf8 else "ESMTP") if session.extended_smtp else "SMTP"
+        client_ip = _peer_ip(session)
+        raw = received_header(helo=session.host_name or "", client_ip=client_ip,
+                              hostname=self.config.hostname, queue_id=queue_id,
+                              protocol=protocol, rcpts=envelope.rcpt_tos, when=now)
+        raw += envelope.original_content
+        spool_key = None
+        try:
+            spool_key = await self.blobs.put(raw)
+            event = events_pb2.InboundEnvelope(
+                queue_id=queue_id, mail_from=envelope.mail_from or "",
+                rcpt_to=envelope.rcpt_tos, spool_key=spool_key,
+                received_at_ms=int(now * 1000), client_ip=client_ip,
+                helo=session.host_name or "", size=len(raw), smtputf8=smtputf8)
+            await self.queue.publish(INBOUND_TOPIC, queue_id.encode(), event.SerializeToString())
+        except Exception as exc:
+            self.log.error("queue_failed", queue_id=queue_id, error=repr(exc))
+            if spool_key is not None:
+                # Not queued, so not accepted: the sender retries, and the spool
+                # blob must not linger (it is unique to this queue id).
+                try:
+                    await self.blobs.delete(spool_key)
+                except Exception:
+                    pass
+            return TEMPFAIL
+        self.log.info("accepted", queue_id=queue_id, client=client_ip,
+                      from_=envelope.mail_from or "<>", rcpts=len(envelope.rcpt_tos),
+                      size=len(raw))
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+
+def _peer_ip(session) -> str:
+    peer = session.peer
+    return peer[0] if isinstance(peer, tuple) else str(peer or "unknown")
+
+
+def make_smtp_factory(config: Config, handler: InboundHandler):
+    def factory() -> EnhancedSMTP:
+        return EnhancedSMTP(handler, data_size_limit=config.mx.max_message_size,
+                            enable_SMTPUTF8=True, decode_data=False,
+                            hostname=config.hostname, ident="mailyard ESMTP",
+                            timeout=config.mx.idle_timeout)
+    return factory
+
+
+async def serve(config: Config, stores, stop: asyncio.Event, ready=None) -> None:
+    """Runs the MX until `stop` is set, then stops accepting and lets the
+    sessions in progress finish their transaction (up to a grace period)."""
+    log = EventLog("mx")
+    handler = InboundHandler(config, await stores.metadata(), await stores.blobs(),
+                             await stores.queue(), log)
+    host, port = parse_listen(config.mx.listen)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(make_smtp_factory(config, handler), host, port,
+                                      reuse_address=True)
+    address = server.sockets[0].getsockname()
+    log.info("listening", address=f"{address[0]}:{address[1]}")
+    if ready:
+        ready(address)
+    await stop.wait()
+    server.close()
+    try:
+        await asyncio.wait_for(server.wait_closed(), timeout=10)
+    except asyncio.TimeoutError:
+        log.warning("sessions_cut_at_shutdown")
+    log.info("stopped")

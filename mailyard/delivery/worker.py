@@ -1,0 +1,183 @@
+"""The delivery worker: from the mail.inbound log into mailboxes.
+
+For each envelope: split the spooled raw message into a skeleton and shared
+part blobs, write one metadata record per recipient, refresh the inbox head in
+the cache, announce the message on mail.index, and only then commit the queue
+offset. Every step is idempotent (content-addressed blobs, deterministic
+message ids, insert-if-absent metadata), so a crash anywhere just replays the
+batch and stores each message exactly once.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+from mailyard.store.mime import split, summarize
+from mailyard.mta.inbound import INBOUND_TOPIC
+from mailyard.policy.config import Config
+from mailyard.policy.logs import EventLog
+from mailyard.proto import events_pb2
+from mailyard.store.blobs.base import BlobStore
+from mailyard.store.cache.base import Cache
+from mailyard.store.errors import NotFound, StorageError
+from mailyard.store.mailbox.inbox_cache import InboxCache
+from mailyard.store.metadata.base import AttachmentRef, MessageRecord, MetadataStore
+from mailyard.store.queue.base import Queue, Record
+
+GROUP = "delivery"
+INDEX_TOPIC = "mail.index"
+DLQ_TOPIC = "mail.dlq"
+
+
+def message_id_for(queue_id: str, user_id: str) -> str:
+    """Deterministic, so a replayed envelope maps onto the same message."""
+    return hashlib.sha256(f"{queue_id}\0{user_id}".encode()).hexdigest()[:20]
+
+
+class DeliveryWorker:
+    def __init__(self, config: Config, queue: Queue, metadata: MetadataStore,
+                 blobs: BlobStore, cache: Cache, log: EventLog | None = None):
+        self.config = config
+        self.queue = queue
+        self.metadata = metadata
+        self.blobs = blobs
+        self.log = log or EventLog("delivery")
+        self.inbox = InboxCache(cache, metadata, config.delivery.inbox_cache_size,
+                                config.delivery.inbox_cache_ttl, self.log)
+
+    async def run(self, stop: asyncio.Event, ready=None) -> None:
+        consumer = await self.queue.consumer(INBOUND_TOPIC, GROUP)
+        if ready:
+            ready(None)
+        try:
+            while not stop.is_set():
+                records = await consumer.fetch(self.config.delivery.batch_size, timeout=1.0)
+                if not records:
+                    continue
+                try:
+                    spools = [await self.handle(record) for record in records]
+                    await consumer.commit(records)
+                except StorageError as exc:
+                    # A backend outage is nobody's bad message: nothing is
+                    # committed, and the batch is read again once it recovers.
+                    self.log.error("storage_unavailable", error=str(exc))
+                    await consumer.rewind()
+                    await _sleep_unless(stop, 1.0)
+                    continue
+                await self._drop_spools([s for s in spools if s])
+        finally:
+            await consumer.close()
+
+    async def handle(self, record: Record) -> str | None:
+        """Delivers one record, retrying a failure a few times before it goes
+        to the dead-letter topic. Returns the spool key to drop after commit.
+        Raises StorageError when a backend is down, so the batch is retried."""
+        attempts = self.config.delivery.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                envelope = events_pb2.InboundEnvelope.FromString(record.value)
+                await self.deliver(envelope)
+                return envelope.spool_key
+            except StorageError:
+                raise
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                self.log.warning("delivery_failed", offset=record.offset, attempt=attempt,
+                                 error=reason)
+                if attempt < attempts:
+                    await asyncio.sleep(self.config.delivery.retry_backoff * attempt)
+        await self.dead_letter(record, reason, attempts)
+        return None
+
+    async def deliver(self, envelope: events_pb2.InboundEnvelope) -> None:
+        try:
+            raw = await self.blobs.get(envelope.spool_key)
+        except NotFound:
+            # The spool is dropped only after a commit; its absence means this
+            # record was delivered and committed already, then replayed.
+            self.log.warning("spool_missing", queue_id=envelope.queue_id)
+            return
+        skeleton, parts, part_infos = split(raw, self.config.delivery.min_part_size)
+        for data in parts.values():
+            await self.blobs.put(data)
+        skeleton_key = await self.blobs.put(skeleton.SerializeToString())
+        summary = summarize(raw)
+        attachments = await self._attachment_refs(raw, summary, part_infos)
+        blob_keys = sorted({skeleton_key, *parts, *(a.blob_key for a in attachments)})
+
+        for rcpt in envelope.rcpt_to:
+            user_id = rcpt.lower()
+            message_id = message_id_for(envelope.queue_id, user_id)
+            thread_id = (await self.metadata.find_thread(user_id, summary.references)
+                         if summary.references else None) or message_id
+            record = MessageRecord(
+                user_id=user_id, message_id=message_id, thread_id=thread_id,
+                received_at_ms=envelope.received_at_ms, skeleton_key=skeleton_key,
+                size=len(raw), rfc822_message_id=summary.rfc822_message_id,
+                references=summary.references, sender=summary.sender, to=summary.to,
+                cc=summary.cc, subject=summary.subject, snippet=summary.snippet,
+                labels={"INBOX", "UNREAD"}, has_attachments=bool(attachments),
+                attachments=attachments, malformed=summary.malformed,
+                queue_id=envelope.queue_id)
+            # Link before the message becomes visible, so a collector never
+            # sees a listed message whose blobs look unreferenced.
+            await self.metadata.link_blobs(f"{user_id}/{message_id}", blob_keys)
+            created = await self.metadata.put_message(record)
+            await self.inbox.refresh(user_id)
+            event = events_pb2.IndexEvent(kind=events_pb2.IndexEvent.MESSAGE_ADDED,
+                                          user_id=user_id, message_id=message_id,
+                                          at_ms=int(time.time() * 1000))
+            await self.queue.publish(INDEX_TOPIC, user_id.encode(), event.SerializeToString())
+            self.log.info("delivered", queue_id=envelope.queue_id, user=user_id,
+                          message_id=message_id, replay=not created,
+                          malformed=summary.malformed or None)
+
+    async def _attachment_refs(self, raw: bytes, summary, part_infos) -> list[AttachmentRef]:
+        """Every attachment gets a blob of its encoded body, so the API can
+        serve it without rebuilding the message; large ones already have one."""
+        by_path = {p.path: p for p in part_infos}
+        refs = []
+        for att in summary.attachments:
+            part = by_path.get(att.path)
+            key = part.blob_key if part else None
+            if part is not None and key is None:
+                start, end = part.body_range
+                key = await self.blobs.put(raw[start:end])
+            refs.append(AttachmentRef(
+                id=att.id, filename=att.filename, content_type=att.content_type,
+                size=att.size, sha256=att.sha256, blob_key=key or "",
+                transfer_encoding=att.transfer_encoding))
+        return refs
+
+    async def dead_letter(self, record: Record, reason: str, attempts: int) -> None:
+        letter = events_pb2.DeadLetter(
+            topic=record.topic, partition=record.partition, offset=record.offset,
+            key=record.key, value=record.value, reason=reason, attempts=attempts,
+            failed_at_ms=int(time.time() * 1000), group=GROUP)
+        await self.queue.publish(DLQ_TOPIC, record.key, letter.SerializeToString())
+        self.log.error("dead_lettered", offset=record.offset, reason=reason)
+
+    async def _drop_spools(self, keys: list[str]) -> None:
+        """The spool copy is redundant once the skeleton and parts are committed.
+        A part blob can have the same bytes as a spool (a message forwarded as
+        an attachment, byte for byte), so a linked key is never dropped."""
+        for key in keys:
+            try:
+                if not await self.metadata.blob_owners(key):
+                    await self.blobs.delete(key)
+            except Exception as exc:
+                self.log.warning("spool_drop_failed", key=key, error=repr(exc))
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def serve(config: Config, stores, stop: asyncio.Event, ready=None) -> None:
+    worker = DeliveryWorker(config, await stores.queue(), await stores.metadata(),
+                            await stores.blobs(), await stores.cache())
+    await worker.run(stop, ready)

@@ -1,0 +1,216 @@
+"""The gRPC mailbox service (package mailyard.mailbox.v1, service Mailbox).
+
+Every call is authenticated with a bearer JWT and acts only on the caller's own
+mailbox: an id that is not the caller's answers NOT_FOUND, exactly like one
+that does not exist.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.header
+import email.parser
+import email.policy
+import re
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mailyard.policy.config import Config, parse_listen
+from mailyard.policy.logs import EventLog
+from mailyard.proto import events_pb2, mailbox_pb2, mailbox_pb2_grpc
+from mailyard.store.blobs.base import BlobStore
+from mailyard.store.errors import StorageError
+from mailyard.store.mailbox.auth import AuthError, TokenVerifier
+from mailyard.store.mailbox.inbox_cache import INBOX, InboxCache, to_summary
+from mailyard.store.mailbox.page_tokens import BadPageToken, PageTokens, load_secret
+from mailyard.store.metadata.base import MessageRecord, MetadataStore
+from mailyard.store.mime import decode_part, join, summarize
+from mailyard.store.queue.base import Queue
+
+SERVICE_NAME = "mailyard.mailbox.v1.Mailbox"
+INDEX_TOPIC = "mail.index"
+DEFAULT_PAGE_SIZE = 50
+# Gmail-like label names: printable, no leading/trailing space, bounded length.
+_LABEL = re.compile(r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]{0,223}[^\x00-\x1f\x7f\s])?$")
+
+
+async def load_raw(blobs: BlobStore, skeleton_key: str) -> bytes:
+    skeleton = events_pb2.Skeleton.FromString(await blobs.get(skeleton_key))
+    keys = {s.blob_key for s in skeleton.segments if s.WhichOneof("kind") == "blob_key"}
+    parts = dict(zip(keys, await asyncio.gather(*(blobs.get(k) for k in keys))))
+    return join(skeleton, parts)
+
+
+def header_list(raw: bytes) -> list[mailbox_pb2.Header]:
+    """The header fields in order, RFC 2047 words decoded where they decode."""
+    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    headers = []
+    for name, value in parsed.items():
+        text = str(value)
+        try:
+            text = str(email.header.make_header(email.header.decode_header(text)))
+        except Exception:
+            pass
+        headers.append(mailbox_pb2.Header(name=name, value=" ".join(text.split())))
+    return headers
+
+
+class MailboxService(mailbox_pb2_grpc.MailboxServicer):
+    def __init__(self, config: Config, metadata: MetadataStore, blobs: BlobStore,
+                 cache, queue: Queue, log: EventLog | None = None):
+        self.config = config
+        self.metadata = metadata
+        self.blobs = blobs
+        self.queue = queue
+        self.log = log or EventLog("mailbox")
+        self.verifier = TokenVerifier(config)
+        self.tokens = PageTokens(load_secret(config.data_path))
+        self.inbox = InboxCache(cache, metadata, config.delivery.inbox_cache_size,
+                                config.delivery.inbox_cache_ttl, self.log)
+
+    async def _user(self, context: grpc.aio.ServicerContext) -> str:
+        authorization = dict(context.invocation_metadata()).get("authorization")
+        try:
+            if self.verifier.blocking:
+                return await asyncio.to_thread(self.verifier.verify, authorization)
+            return self.verifier.verify(authorization)
+        except AuthError as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+
+    async def _record(self, user: str, message_id: str, context) -> MessageRecord:
+        record = await self.metadata.get_message(user, message_id) if message_id else None
+        if record is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"message {message_id!r} not found")
+        return record
+
+    async def ListMessages(self, request, context):
+        user = await self._user(context)
+        label = request.label or INBOX
+        if not _LABEL.match(label):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid label {label!r}")
+        if request.page_size < 0 or request.page_size > self.config.mailbox.max_page_size:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"page_size must be 0..{self.config.mailbox.max_page_size}")
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        scope = f"{user}\0{label}"
+        async with _storage_errors_as_unavailable(context):
+            if label == INBOX and not request.page_token and size <= self.inbox.size:
+                head = await self.inbox.read(user)
+                if head is not None:
+                    return self._page_from_head(head, size, scope)
+            try:
+                after = self.tokens.decode(scope, request.page_token) if request.page_token else None
+            except BadPageToken as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            records = await self.metadata.list_messages(user, label, size + 1, after)
+            unread = await self.metadata.count_messages(user, label, unread_only=True)
+        page = records[:size]
+        token = ""
+        if len(records) > size:
+            token = self.tokens.encode(scope, (page[-1].received_at_ms, page[-1].message_id))
+        return mailbox_pb2.ListMessagesResponse(
+            messages=[to_summary(r) for r in page], next_page_token=token, unread_count=unread)
+
+    def _page_from_head(self, head, size: int, scope: str):
+        page = head.messages[:size]
+        more = len(head.messages) > size or len(head.messages) >= self.inbox.size
+        token = self.tokens.encode(scope, (page[-1].received_at, page[-1].id)) if more and page else ""
+        return mailbox_pb2.ListMessagesResponse(messages=page, next_page_token=token,
+                                                unread_count=head.unread_count)
+
+    async def GetMessage(self, request, context):
+        user = await self._user(context)
+        async with _storage_errors_as_unavailable(context):
+            record = await self._record(user, request.id, context)
+            raw = await load_raw(self.blobs, record.skeleton_key)
+        message = mailbox_pb2.Message(summary=to_summary(record))
+        if request.format == mailbox_pb2.RAW:
+            message.raw = raw
+            return message
+        message.headers.extend(header_list(raw))
+        message.cc.extend(record.cc)
+        message.rfc822_message_id = record.rfc822_message_id
+        message.malformed = record.malformed
+        message.attachments.extend(
+            mailbox_pb2.Attachment(id=a.id, filename=a.filename, content_type=a.content_type,
+                                   size=a.size, sha256=a.sha256) for a in record.attachments)
+        if request.format == mailbox_pb2.FULL:
+            summary = await asyncio.to_thread(summarize, raw)
+            message.text_body = summary.text_body or ""
+            message.html_body = summary.html_body or ""
+        return message
+
+    async def GetAttachment(self, request, context):
+        user = await self._user(context)
+        async with _storage_errors_as_unavailable(context):
+            record = await self._record(user, request.message_id, context)
+            attachment = next((a for a in record.attachments if a.id == request.attachment_id), None)
+            if attachment is None or not attachment.blob_key:
+                await context.abort(grpc.StatusCode.NOT_FOUND,
+                                    f"attachment {request.attachment_id!r} not found")
+            data = decode_part(await self.blobs.get(attachment.blob_key),
+                               attachment.transfer_encoding)
+        chunk = self.config.mailbox.attachment_chunk_size
+        for start in range(0, max(len(data), 1), chunk):
+            yield mailbox_pb2.AttachmentChunk(data=data[start:start + chunk])
+
+    async def ModifyLabels(self, request, context):
+        user = await self._user(context)
+        if not request.ids:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ids must not be empty")
+        for label in (*request.add_labels, *request.remove_labels):
+            if not _LABEL.match(label):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid label {label!r}")
+        async with _storage_errors_as_unavailable(context):
+            records = await self.metadata.modify_labels(
+                user, list(request.ids), set(request.add_labels), set(request.remove_labels))
+            if not records:
+                await context.abort(grpc.StatusCode.NOT_FOUND, "no such messages")
+            await self.inbox.refresh(user)
+            for record in records:
+                event = events_pb2.IndexEvent(kind=events_pb2.IndexEvent.LABELS_CHANGED,
+                                              user_id=user, message_id=record.message_id,
+                                              at_ms=int(time.time() * 1000))
+                await self.queue.publish(INDEX_TOPIC, user.encode(), event.SerializeToString())
+        return mailbox_pb2.ModifyLabelsResponse(messages=[to_summary(r) for r in records])
+
+
+class _storage_errors_as_unavailable:
+    """A backend outage is UNAVAILABLE (retryable), never INTERNAL or a hang."""
+
+    def __init__(self, context: grpc.aio.ServicerContext):
+        self.context = context
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, StorageError):
+            await self.context.abort(grpc.StatusCode.UNAVAILABLE, f"storage unavailable: {exc}")
+        return False
+
+
+async def serve(config: Config, stores, stop: asyncio.Event, ready=None) -> None:
+    log = EventLog("mailbox")
+    service = MailboxService(config, await stores.metadata(), await stores.blobs(),
+                             await stores.cache(), await stores.queue(), log)
+    server = grpc.aio.server()
+    mailbox_pb2_grpc.add_MailboxServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    host, port = parse_listen(config.mailbox.listen)
+    bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    await server.start()
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("listening", address=f"{host}:{bound}")
+    if ready:
+        ready((host, bound))
+    await stop.wait()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace=5)
+    log.info("stopped")

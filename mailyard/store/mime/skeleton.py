@@ -1,0 +1,337 @@
+"""Where a message's parts lie in its raw bytes, and the skeleton that stores them.
+
+The stdlib email parser cannot say where a part's body sits in the raw bytes, so
+this module walks the bytes itself, by the rules `email.feedparser` follows: a
+header block ends at the first line that is neither a field nor a continuation;
+a delimiter is `--boundary` at a line start, `--` after it for the close
+delimiter, then blanks up to the line end (RFC 2046); a delimiter of any
+enclosing multipart ends every part inside it; the line break before a
+delimiter belongs to the delimiter. The header fields themselves are read by
+the stdlib.
+
+`split` cuts the leaf part bodies out as content-addressed blobs, so an
+attachment sent to many users, or many times, is stored once; `join` puts them
+back. The cut ranges are slices of the input, whatever it is, so
+`join(split(raw)) == raw` holds by construction.
+"""
+from __future__ import annotations
+
+import binascii
+import email.policy
+import quopri
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from email.message import Message
+from email.parser import BytesHeaderParser
+from functools import lru_cache
+from typing import TypeVar
+
+from mailyard.proto.events_pb2 import Skeleton
+from mailyard.store.blobs.base import blob_key
+
+# Bounds on hostile structure, so that no message costs much more than a plain
+# one of its size: deeper nesting stays one opaque part; past MAX_PARTS the rest
+# of the message stays literal; a header block ends after MAX_HEADER_BYTES (the
+# rest is body, as with Postfix's header_size_limit).
+MAX_DEPTH = 32
+MAX_PARTS = 10_000
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_BOUNDARY = 256  # RFC 2046 allows 70; a longer one only bloats the pattern cache
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+_FIELD_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")  # email.feedparser.headerRE
+_TOKEN = re.compile(r"[^\s;()]+")
+_NOT_BASE64 = bytes(sorted(set(range(256)) - set(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")))
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class PartInfo:
+    """A leaf part of a message, and where its still-encoded body lies in the raw bytes."""
+    path: str                    # IMAP-style, "1", "2.1"; a non-multipart message's body is "1"
+    content_type: str            # lower-case type/subtype, "text/plain" when absent or invalid
+    filename: str | None         # Content-Disposition filename, else Content-Type name; decoded
+    disposition: str | None      # lower-case: "inline", "attachment", ...
+    transfer_encoding: str       # lower-case, "7bit" when absent
+    charset: str | None          # lower-case
+    body_range: tuple[int, int]  # [start, end) of the encoded body in the raw message
+    blob_key: str | None = None  # set by split when the body was cut out
+
+
+@dataclass(slots=True)
+class Structure:
+    headers: Message             # the top-level header fields, as sent (compat32)
+    parts: list[PartInfo]        # the leaf parts, in order
+    defects: list[str]           # "<path>: <what>", e.g. "message: CloseBoundaryNotFoundDefect"
+
+
+def parse(raw: bytes) -> Structure:
+    """The leaf parts of a message and their byte ranges. Multipart bodies are
+    parsed with their boundaries; any other body (message/rfc822 included) is
+    one leaf, so its bytes can be served as one attachment."""
+    walker = _Walker(raw)
+    headers, _ = walker.entity(0, (), "", "text/plain", 0)
+    return Structure(headers, walker.parts, walker.defects)
+
+
+def split(raw: bytes, min_part_size: int = 1024
+          ) -> tuple[Skeleton, dict[str, bytes], list[PartInfo]]:
+    """The skeleton of a message, the part bodies it refers to (key -> bytes),
+    and its leaf parts. Bodies of at least min_part_size bytes are cut out;
+    everything else stays literal."""
+    try:
+        parts = parse(raw).parts
+    except Exception:  # a bug in the walk must not lose mail: keep the message whole
+        parts = []
+    skeleton = Skeleton(size=len(raw))
+    blobs: dict[str, bytes] = {}
+    pos = 0
+    for part in parts:
+        start, end = part.body_range
+        if end - start < max(min_part_size, 1) or start < pos:
+            continue
+        body = raw[start:end]
+        part.blob_key = blob_key(body)
+        blobs[part.blob_key] = body
+        if start > pos:
+            skeleton.segments.add(literal=raw[pos:start])
+        skeleton.segments.add(blob_key=part.blob_key)
+        pos = end
+    if pos < len(raw):
+        skeleton.segments.add(literal=raw[pos:])
+    return skeleton, blobs, parts
+
+
+def join(skeleton: Skeleton, get_blob: Mapping[str, bytes] | Callable[[str], bytes]) -> bytes:
+    """The raw message a skeleton was split from."""
+    fetch = get_blob.__getitem__ if isinstance(get_blob, Mapping) else get_blob
+    chunks = []
+    for segment in skeleton.segments:
+        kind = segment.WhichOneof("kind")
+        if kind == "literal":
+            chunks.append(segment.literal)
+        elif kind == "blob_key":
+            chunks.append(fetch(segment.blob_key))
+        else:
+            raise ValueError("skeleton segment has neither a literal nor a blob key")
+    raw = b"".join(chunks)
+    if len(raw) != skeleton.size:
+        raise ValueError(f"skeleton rebuilt {len(raw)} bytes, expected {skeleton.size}")
+    return raw
+
+
+def decode_part(encoded: bytes, transfer_encoding: str) -> bytes:
+    """A part body without its transfer encoding. Base64 is read leniently:
+    junk characters are skipped and each padded run (some encoders pad every
+    line) is decoded on its own; any other encoding is returned as is."""
+    encoding = transfer_encoding.strip().lower()
+    if encoding == "base64":
+        runs = encoded.translate(None, _NOT_BASE64).split(b"=")
+        return b"".join(_base64_run(run) for run in runs if run)
+    if encoding == "quoted-printable":
+        return quopri.decodestring(encoded)
+    return encoded
+
+
+def _base64_run(run: bytes) -> bytes:
+    run = run[:len(run) - (len(run) % 4 == 1)]  # a lone trailing character holds no whole byte
+    return binascii.a2b_base64(run + b"=" * (-len(run) % 4))
+
+
+def readable(value: str) -> str:
+    """Parsed text made storable: 8-bit bytes (which the parser keeps as
+    surrogate escapes) read as UTF-8, else Latin-1, and line breaks unfolded."""
+    data = value.encode("utf-8", "surrogateescape")
+    try:
+        value = data.decode("utf-8")
+    except UnicodeDecodeError:
+        value = data.decode("latin-1")
+    return re.sub(r"\r\n|\r|\n", "", value)
+
+
+def header_text(value: str) -> str:
+    """A header value as sent, decoded leniently: RFC 2047 words where they decode."""
+    value = readable(value)
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:  # a broken encoded word: show it as sent
+        return value
+
+
+def raw_field(headers: Message, name: str) -> str | None:
+    """The first value of a field as sent, without interpreting it."""
+    return next((v for k, v in headers.raw_items() if k.lower() == name), None)
+
+
+class _Walker:
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.parts: list[PartInfo] = []
+        self.defects: list[str] = []
+
+    def entity(self, pos: int, enclosing: tuple[bytes, ...], path: str, default_type: str,
+               depth: int) -> tuple[Message, int]:
+        """Parses the entity (header block and body) at pos, inside multiparts
+        with the enclosing boundaries (innermost first). Returns its header
+        fields and where it ends: at the next enclosing delimiter line, or at
+        the end of the input."""
+        header_end, body_start = self._header_block(pos, enclosing, path)
+        headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+            self.raw[pos:header_end])
+        self.defects += [f"{path or 'message'}: {type(d).__name__}" for d in headers.defects]
+        headers.set_default_type(default_type)
+        content_type = _call(headers.get_content_type, default_type)
+        if content_type.startswith("multipart/"):
+            end = self._multipart(headers, body_start, enclosing, path, depth)
+            if end is not None:
+                return headers, end
+        delimiter = self._next_delimiter(body_start, enclosing)
+        end = body_end = delimiter.start() if delimiter else len(self.raw)
+        if enclosing:  # the line break before a delimiter belongs to the delimiter
+            if self.raw.endswith(b"\r\n", body_start, end):
+                body_end -= 2
+            elif self.raw.endswith((b"\r", b"\n"), body_start, end):
+                body_end -= 1
+        self.parts.append(_part_info(headers, path or "1", content_type, (body_start, body_end)))
+        return headers, end
+
+    def _multipart(self, headers: Message, pos: int, enclosing: tuple[bytes, ...], path: str,
+                   depth: int) -> int | None:
+        """Parses a multipart body starting at pos; returns where it ends, or
+        None when it has no parts to find (it is then one opaque leaf)."""
+        where = path or "message"
+        boundary = _boundary(headers)
+        if boundary is None:
+            self.defects.append(f"{where}: NoBoundaryInMultipartDefect")
+            return None
+        if len(boundary) > MAX_BOUNDARY:
+            self.defects.append(f"{where}: boundary too long")
+            return None
+        if depth >= MAX_DEPTH:
+            self.defects.append(f"{where}: multipart nested too deep")
+            return None
+        if _transfer_encoding(headers) not in ("7bit", "8bit", "binary"):
+            self.defects.append(f"{where}: InvalidMultipartContentTransferEncodingDefect")
+        scope = (boundary, *enclosing)
+        delimiter = self._next_delimiter(pos, scope)
+        if delimiter is None or delimiter[1] != boundary or delimiter[2]:
+            self.defects.append(f"{where}: StartBoundaryNotFoundDefect")
+            return None
+        default_type = ("message/rfc822" if _call(headers.get_content_subtype, "") == "digest"
+                        else "text/plain")
+        n = 0
+        while True:
+            if len(self.parts) >= MAX_PARTS:
+                self.defects.append(f"{where}: more than {MAX_PARTS} parts")
+                return len(self.raw)
+            pos = delimiter.end()
+            # Repeated delimiter lines enclose no part (as in email.feedparser).
+            while repeated := _delimiter_pattern((boundary,)).match(self.raw, pos):
+                pos = repeated.end()
+            n += 1
+            _, end = self.entity(pos, scope, f"{path}.{n}" if path else str(n),
+                                 default_type, depth + 1)
+            delimiter = _delimiter_pattern(scope).match(self.raw, end)
+            if delimiter is None or delimiter[1] != boundary:
+                self.defects.append(f"{where}: CloseBoundaryNotFoundDefect")
+                return end
+            if delimiter[2]:
+                break
+        epilogue_end = self._next_delimiter(delimiter.end(), enclosing)
+        return epilogue_end.start() if epilogue_end else len(self.raw)
+
+    def _header_block(self, pos: int, enclosing: tuple[bytes, ...], path: str) -> tuple[int, int]:
+        """Where the header block starting at pos ends, and where the body starts."""
+        raw = self.raw
+        stop = _delimiter_pattern(enclosing) if enclosing else None
+        limit = pos + MAX_HEADER_BYTES
+        while pos < len(raw):
+            if stop and stop.match(raw, pos):
+                break
+            if pos >= limit:
+                self.defects.append(f"{path or 'message'}: header block too long")
+                break
+            eol = _EOL.search(raw, pos)
+            if eol and eol.start() == pos:  # the empty line that ends the block
+                return pos, eol.end()
+            if not _FIELD_LINE.match(raw, pos):
+                self.defects.append(f"{path or 'message'}: MissingHeaderBodySeparatorDefect")
+                break
+            pos = eol.end() if eol else len(raw)
+        return pos, pos
+
+    def _next_delimiter(self, pos: int, boundaries: tuple[bytes, ...]) -> re.Match[bytes] | None:
+        """The first delimiter line of any of the boundaries at or after pos, a line start."""
+        if not boundaries:
+            return None
+        pattern = _delimiter_pattern(boundaries)
+        while (found := pattern.search(self.raw, pos)) is not None:
+            start = found.start()
+            if start == pos or self.raw[start - 1] in b"\r\n":
+                return found
+            pos = start + 1
+        return None
+
+
+@lru_cache(maxsize=256)
+def _delimiter_pattern(boundaries: tuple[bytes, ...]) -> re.Pattern[bytes]:
+    """A delimiter line of any of the boundaries; the first listed wins a tie.
+    Group 1 is the boundary, group 2 is "--" for a close delimiter."""
+    names = b"|".join(re.escape(b) for b in boundaries)
+    return re.compile(rb"--(" + names + rb")(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
+
+
+def _part_info(headers: Message, path: str, content_type: str,
+               body_range: tuple[int, int]) -> PartInfo:
+    disposition = _call(headers.get_content_disposition, None)
+    charset = _call(headers.get_content_charset, None)
+    return PartInfo(
+        path=path, content_type=readable(content_type), filename=_filename(headers),
+        disposition=disposition and readable(disposition),
+        transfer_encoding=readable(_transfer_encoding(headers)),
+        charset=charset and readable(charset), body_range=body_range)
+
+
+def _boundary(headers: Message) -> bytes | None:
+    boundary = _call(headers.get_boundary, None)
+    if not boundary:
+        return None
+    try:
+        return boundary.encode("utf-8", "surrogateescape")
+    except UnicodeError:
+        return None
+
+
+def _transfer_encoding(headers: Message) -> str:
+    token = _TOKEN.search(raw_field(headers, "content-transfer-encoding") or "")
+    return token[0].lower() if token else "7bit"
+
+
+def _filename(headers: Message) -> str | None:
+    """RFC 2231 and RFC 2047 decoded by policy.default; read as sent where it
+    raises on a broken field."""
+    try:
+        for field, param in (("content-disposition", "filename"), ("content-type", "name")):
+            value = raw_field(headers, field)
+            if value is not None:
+                name = email.policy.default.header_fetch_parse(field, value).params.get(param)
+                if name and name.strip():
+                    return name.strip()
+        return None
+    except Exception:
+        name = _call(headers.get_filename, None)
+        if name is None:
+            return None
+        return header_text(name).strip() or None
+
+
+def _call(method: Callable[[], T], default: T) -> T:
+    """A compat32 header method; they rarely raise, but mail is hostile."""
+    try:
+        return method()
+    except Exception:
+        return default

@@ -12,10 +12,10 @@ import grpc
 import pytest
 
 from mailyard.proto import mailbox_pb2
+from tests.testdata import cpython_messages
 from tests.e2e.harness import Client, Mailyard, send, wire_form
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "email" / "cpython"
-CPYTHON_MESSAGES = sorted(TESTDATA.glob("msg_*.txt"))
+CPYTHON_MESSAGES = cpython_messages()
 
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@other.test"
 SENDER = "sender@remote.example"

@@ -11,12 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.testdata import CPYTHON_EMAIL, cpython_messages
 from mailyard.store.mime import decode_part, join, split, summarize
 from mailyard.proto.events_pb2 import Skeleton
 from mailyard.store.blobs.base import blob_key
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared/testdata/email/cpython"
-CORPUS_FILES = sorted(CORPUS.glob("msg_*.txt"))
+CORPUS = CPYTHON_EMAIL
+CORPUS_FILES = cpython_messages()
 
 
 def crlf(raw: bytes) -> bytes:

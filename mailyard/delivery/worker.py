@@ -56,7 +56,7 @@ class DeliveryWorker:
                 if not records:
                     continue
                 try:
-                    spools = [await self.handle(record) for record in records]
+                    spools = await self.handle_batch(records)
                     await consumer.commit(records)
                 except StorageError as exc:
                     # A backend outage is nobody's bad message: nothing is
@@ -69,7 +69,26 @@ class DeliveryWorker:
         finally:
             await consumer.close()
 
-    async def handle(self, record: Record) -> str | None:
+    async def handle_batch(self, records: list[Record]) -> list[str | None]:
+        """Delivers a batch with bounded concurrency, so the fsyncs of many
+        messages share group commits, then refreshes each touched inbox head
+        once. Raises StorageError if any record met a backend outage."""
+        limit = asyncio.Semaphore(self.config.delivery.concurrency)
+        touched: set[str] = set()
+
+        async def one(record: Record) -> str | None:
+            async with limit:
+                return await self.handle(record, touched)
+
+        results = await asyncio.gather(*(one(r) for r in records), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        for user_id in sorted(touched):
+            await self.inbox.refresh(user_id)
+        return results
+
+    async def handle(self, record: Record, touched: set[str]) -> str | None:
         """Delivers one record, retrying a failure a few times before it goes
         to the dead-letter topic. Returns the spool key to drop after commit.
         Raises StorageError when a backend is down, so the batch is retried."""
@@ -77,7 +96,7 @@ class DeliveryWorker:
         for attempt in range(1, attempts + 1):
             try:
                 envelope = events_pb2.InboundEnvelope.FromString(record.value)
-                await self.deliver(envelope)
+                await self.deliver(envelope, touched)
                 return envelope.spool_key
             except StorageError:
                 raise
@@ -90,7 +109,9 @@ class DeliveryWorker:
         await self.dead_letter(record, reason, attempts)
         return None
 
-    async def deliver(self, envelope: events_pb2.InboundEnvelope) -> None:
+    async def deliver(self, envelope: events_pb2.InboundEnvelope, touched: set[str]) -> None:
+        """Stores one envelope's message for each recipient, adding the users
+        whose inbox head must be refreshed to `touched`."""
         try:
             raw = await self.blobs.get(envelope.spool_key)
         except NotFound:
@@ -99,8 +120,7 @@ class DeliveryWorker:
             self.log.warning("spool_missing", queue_id=envelope.queue_id)
             return
         skeleton, parts, part_infos = split(raw, self.config.delivery.min_part_size)
-        for data in parts.values():
-            await self.blobs.put(data)
+        await asyncio.gather(*(self.blobs.put(data) for data in parts.values()))
         skeleton_key = await self.blobs.put(skeleton.SerializeToString())
         summary = summarize(raw)
         attachments = await self._attachment_refs(raw, summary, part_infos)
@@ -124,7 +144,7 @@ class DeliveryWorker:
             # sees a listed message whose blobs look unreferenced.
             await self.metadata.link_blobs(f"{user_id}/{message_id}", blob_keys)
             created = await self.metadata.put_message(record)
-            await self.inbox.refresh(user_id)
+            touched.add(user_id)
             event = events_pb2.IndexEvent(kind=events_pb2.IndexEvent.MESSAGE_ADDED,
                                           user_id=user_id, message_id=message_id,
                                           at_ms=int(time.time() * 1000))

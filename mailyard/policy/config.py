@@ -69,6 +69,8 @@ class QueueConfig:
 @dataclass
 class DeliveryConfig:
     batch_size: int = 64
+    # Records of a batch delivered at once; their writes share group commits.
+    concurrency: int = 16
     # Attempts inside the worker before a message goes to mail.dlq.
     max_attempts: int = 5
     retry_backoff: float = 0.2
@@ -117,7 +119,8 @@ CHOICES = {
 POSITIVE = {"mx.max_message_size", "mx.max_recipients", "mx.idle_timeout",
             "mailbox.max_page_size", "mailbox.attachment_chunk_size",
             "queue.partitions", "queue.poll_interval", "queue.member_ttl",
-            "delivery.batch_size", "delivery.max_attempts", "delivery.inbox_cache_size",
+            "delivery.batch_size", "delivery.concurrency", "delivery.max_attempts",
+            "delivery.inbox_cache_size",
             "delivery.inbox_cache_ttl"}
 LISTEN_KEYS = {"mx.listen", "mailbox.listen"}
 

@@ -6,7 +6,9 @@ to one: `messages` holds each full record under (user_id, message_id), and
 (user_id, label), so a page is a range read, never a sort of the mailbox.
 
 One dedicated thread owns the connection, so the event loop never waits on
-disk and calls run in order. WAL lets readers in other processes (the
+disk and calls run in order. Writes that arrive while a transaction is being
+committed are grouped into the next one (each in its own savepoint, so one
+failing write fails only its caller): many deliveries share one fsync. WAL lets readers in other processes (the
 launcher may run services in separate processes on one data dir) go on while
 one writes; the busy timeout makes writers queue instead of failing, and
 synchronous=FULL makes a commit durable before the caller goes on to commit
@@ -114,6 +116,8 @@ class SqliteMetadataStore(MetadataStore):
         self._path = Path(path)
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
+        self._pending: list[tuple[Callable[..., Any], tuple, asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata-sqlite")
@@ -123,6 +127,8 @@ class SqliteMetadataStore(MetadataStore):
         if self._executor is None:
             return
         executor = self._executor
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
         try:
             await self._call(self._close_db)  # runs after every call already queued
         finally:
@@ -131,7 +137,7 @@ class SqliteMetadataStore(MetadataStore):
 
     # --- domains -------------------------------------------------------
     async def add_domain(self, domain: str) -> None:
-        await self._call(self._write, "INSERT INTO domains (domain) VALUES (?)"
+        await self._write_call(self._write, "INSERT INTO domains (domain) VALUES (?)"
                          " ON CONFLICT DO NOTHING", (domain.lower(),))
 
     async def list_domains(self) -> list[str]:
@@ -145,7 +151,7 @@ class SqliteMetadataStore(MetadataStore):
 
     # --- users ---------------------------------------------------------
     async def put_user(self, user: User) -> None:
-        await self._call(self._write, "INSERT INTO users (address, password_hash, created_at_ms)"
+        await self._write_call(self._write, "INSERT INTO users (address, password_hash, created_at_ms)"
                          " VALUES (?, ?, ?) ON CONFLICT (address) DO UPDATE SET"
                          " password_hash = excluded.password_hash,"
                          " created_at_ms = excluded.created_at_ms",
@@ -163,7 +169,7 @@ class SqliteMetadataStore(MetadataStore):
 
     # --- messages ------------------------------------------------------
     async def put_message(self, record: MessageRecord) -> bool:
-        return await self._call(self._put_message, record)
+        return await self._write_call(self._put_message, record)
 
     async def get_message(self, user_id: str, message_id: str) -> MessageRecord | None:
         rows = await self._call(self._read, _SELECT + " WHERE m.user_id = ? AND m.message_id = ?",
@@ -188,14 +194,15 @@ class SqliteMetadataStore(MetadataStore):
 
     async def modify_labels(self, user_id: str, message_ids: list[str],
                             add: set[str], remove: set[str]) -> list[MessageRecord]:
-        return await self._call(self._modify_labels, user_id.lower(), message_ids, add, remove)
+        return await self._write_call(self._modify_labels, user_id.lower(), message_ids, add,
+                                      remove)
 
     async def find_thread(self, user_id: str, rfc822_ids: list[str]) -> str | None:
         return await self._call(self._find_thread, user_id.lower(), rfc822_ids)
 
     # --- blob links ----------------------------------------------------
     async def link_blobs(self, owner: str, keys: list[str]) -> None:
-        await self._call(self._write_many, "INSERT INTO blob_links (blob_key, owner)"
+        await self._write_call(self._write_many, "INSERT INTO blob_links (blob_key, owner)"
                          " VALUES (?, ?) ON CONFLICT DO NOTHING", [(k, owner) for k in keys])
 
     async def blob_owners(self, key: str) -> list[str]:
@@ -214,7 +221,53 @@ class SqliteMetadataStore(MetadataStore):
         except (sqlite3.Error, OSError) as e:
             raise StorageError(f"metadata store {self._path}: {e}") from e
 
+    async def _write_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Queues a write for the next group commit and waits until it is durable."""
+        if self._executor is None:
+            raise StorageError("metadata store is not started")
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, args, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    outcomes = await self._call(self._run_writes, [(f, a) for f, a, _ in batch])
+                except StorageError as e:
+                    outcomes = [(False, e)] * len(batch)
+                for (_, _, future), (ok, value) in zip(batch, outcomes):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    elif isinstance(value, (sqlite3.Error, OSError)):
+                        future.set_exception(StorageError(f"metadata store {self._path}: {value}"))
+                    else:
+                        future.set_exception(value)
+        finally:
+            self._flusher = None
+
     # --- on the connection's thread ------------------------------------
+    def _run_writes(self, writes: list[tuple[Callable[..., Any], tuple]]) -> list[tuple[bool, Any]]:
+        """Runs each write in its own savepoint inside one transaction: one commit
+        (one fsync) for the lot. If the commit fails, every write fails."""
+        outcomes: list[tuple[bool, Any]] = []
+        with _transaction(self._conn()) as db:
+            for fn, args in writes:
+                db.execute("SAVEPOINT write")
+                try:
+                    outcomes.append((True, fn(*args)))
+                    db.execute("RELEASE write")
+                except Exception as e:  # this caller's failure, not the batch's
+                    db.execute("ROLLBACK TO write")
+                    db.execute("RELEASE write")
+                    outcomes.append((False, e))
+        return outcomes
+
     def _open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -245,7 +298,7 @@ class SqliteMetadataStore(MetadataStore):
         return self._conn().execute(sql, params).fetchall()
 
     def _write(self, sql: str, params: tuple) -> None:
-        self._conn().execute(sql, params)  # one statement: its own transaction
+        self._conn().execute(sql, params)
 
     def _write_many(self, sql: str, rows: list[tuple]) -> None:
         with _transaction(self._conn()) as db:
@@ -303,6 +356,9 @@ class SqliteMetadataStore(MetadataStore):
 
 @contextmanager
 def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    if db.in_transaction:  # inside a group commit: its savepoint is enough
+        yield db
+        return
     # IMMEDIATE takes the write lock up front, so a transaction that reads
     # before it writes waits in the busy handler rather than failing with
     # SQLITE_BUSY when another process wrote in between.

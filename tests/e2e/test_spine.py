@@ -280,3 +280,28 @@ def test_invalid_requests_get_invalid_argument(delivered):
         with pytest.raises(grpc.RpcError) as err:
             call(clients["alice"])
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_and_reflection_are_served(system):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    _, service = system
+    host, port = service.addresses["mailbox"]
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="mailyard.mailbox.v1.Mailbox"), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (reply,) = list(reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+        names = {s.name for s in reply.list_services_response.service}
+        assert "mailyard.mailbox.v1.Mailbox" in names
+
+
+def test_cli_lists_users_and_domains(system):
+    mailyard, _ = system
+    assert mailyard.cli("user", "list").split() == sorted([ALICE, BOB, CAROL])
+    assert mailyard.cli("domain", "list").split() == ["example.test", "other.test"]
+    with pytest.raises(RuntimeError, match="not a local domain"):
+        mailyard.cli("user", "add", "x@unknown.test", input="pw\n")

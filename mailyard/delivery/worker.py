@@ -137,7 +137,9 @@ class DeliveryWorker:
                 size=len(raw), rfc822_message_id=summary.rfc822_message_id,
                 references=summary.references, sender=summary.sender, to=summary.to,
                 cc=summary.cc, subject=summary.subject, snippet=summary.snippet,
-                labels={"INBOX", "UNREAD"}, has_attachments=bool(attachments),
+                # A DMARC quarantine at the MX files the message under SPAM.
+                labels={"SPAM" if envelope.quarantine else "INBOX", "UNREAD"},
+                has_attachments=bool(attachments),
                 attachments=attachments, malformed=summary.malformed,
                 queue_id=envelope.queue_id)
             # Link before the message becomes visible, so a collector never

@@ -12,12 +12,17 @@ import email.utils
 import time
 from dataclasses import dataclass
 
+from mailyard.mta import abuse, tls
+from mailyard.mta.abuse import CONNECT_CHECKS, DATA_CHECKS, MAIL_CHECKS, ClientContext, DataContext
+from mailyard.mta.dns import Resolver, open_resolver
 from mailyard.mta.ids import new_queue_id
+from mailyard.mta.senderauth import QUARANTINE, authenticate
 from mailyard.mta.smtp import EnhancedSMTP
 from mailyard.policy.config import Config, parse_listen
 from mailyard.policy.logs import EventLog
 from mailyard.proto import events_pb2
 from mailyard.store.blobs.base import BlobStore
+from mailyard.store.cache.base import Cache
 from mailyard.store.metadata.base import MetadataStore
 from mailyard.store.queue.base import Queue
 
@@ -32,6 +37,9 @@ class RcptContext:
     already: int                      # recipients accepted so far in this transaction
     config: Config
     metadata: MetadataStore
+    mail_from: str = ""
+    client_ip: str = ""
+    cache: Cache | None = None
 
 
 def split_address(address: str) -> tuple[str, str]:
@@ -58,16 +66,20 @@ async def unknown_user(ctx: RcptContext) -> str | None:
     return None
 
 
-RCPT_CHECKS = (too_many_recipients, relay_denied, unknown_user)
+# Greylisting comes last: an unknown user gets its 550 at once, not a 451 first.
+RCPT_CHECKS = (too_many_recipients, relay_denied, unknown_user, abuse.greylisted)
 
 
 def received_header(*, helo: str, client_ip: str, hostname: str, queue_id: str,
-                    protocol: str, rcpts: list[str], when: float) -> bytes:
+                    protocol: str, rcpts: list[str], when: float,
+                    tls_info: str | None = None) -> bytes:
     """The trace header we prepend (RFC 5321 4.4). A single recipient is named
-    in `for`; several are not, so one copy does not reveal the others."""
+    in `for`; several are not, so one copy does not reveal the others. A TLS
+    session's version and cipher go in a comment, as Postfix writes them."""
     recipient = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
     date = email.utils.formatdate(when, localtime=False)
-    text = (f"Received: from {helo or 'unknown'} ([{client_ip}])\r\n"
+    using = f"\t(using {tls_info})\r\n" if tls_info else ""
+    text = (f"Received: from {helo or 'unknown'} ([{client_ip}])\r\n{using}"
             f"\tby {hostname} (mailyard) with {protocol} id {queue_id}{recipient};\r\n"
             f"\t{date}\r\n")
     return text.encode("utf-8", "surrogateescape")
@@ -75,12 +87,40 @@ def received_header(*, helo: str, client_ip: str, hostname: str, queue_id: str,
 
 class InboundHandler:
     def __init__(self, config: Config, metadata: MetadataStore, blobs: BlobStore,
-                 queue: Queue, log: EventLog | None = None):
+                 queue: Queue, log: EventLog | None = None, cache: Cache | None = None,
+                 resolver: Resolver | None = None):
         self.config = config
         self.metadata = metadata
         self.blobs = blobs
         self.queue = queue
         self.log = log or EventLog("mx")
+        self.cache = cache
+        self.resolver = resolver
+
+    def _client(self, session, mail_from: str = "") -> ClientContext:
+        return ClientContext(_peer_ip(session), self.config, self.cache, self.resolver,
+                             self.log, mail_from)
+
+    async def _first_refusal(self, checks, ctx, event: str) -> str | None:
+        """The first reply of `checks`; a check that fails (a cache outage)
+        is skipped: abuse controls must not stop all mail."""
+        for check in checks:
+            try:
+                reply = await check(ctx)
+            except Exception as exc:
+                self.log.error("check_failed", check=check.__name__, error=repr(exc))
+                continue
+            if reply:
+                self.log.info(event, client=ctx.client_ip, check=check.__name__, reply=reply)
+                return reply
+        return None
+
+    async def connect_check(self, server, session) -> str | None:
+        """Called by EnhancedSMTP before the greeting; a reply here closes the session."""
+        if self.cache is None:
+            return None
+        return await self._first_refusal(CONNECT_CHECKS, self._client(session),
+                                         "connection_refused")
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -88,12 +128,18 @@ class InboundHandler:
         return responses[:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.cache is not None:
+            reply = await self._first_refusal(MAIL_CHECKS, self._client(session, address),
+                                              "mail_refused")
+            if reply:
+                return reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Sender OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        ctx = RcptContext(address, len(envelope.rcpt_tos), self.config, self.metadata)
+        ctx = RcptContext(address, len(envelope.rcpt_tos), self.config, self.metadata,
+                          envelope.mail_from or "", _peer_ip(session), self.cache)
         try:
             for check in RCPT_CHECKS:
                 reply = await check(ctx)
@@ -114,10 +160,38 @@ class InboundHandler:
         smtputf8 = "SMTPUTF8" in (o.upper() for o in envelope.mail_options)
         protocol = ("UTF8SMTP" if smtputf8 else "ESMTP") if session.extended_smtp else "SMTP"
         client_ip = _peer_ip(session)
+        content = envelope.original_content
+        data_ctx = DataContext(content, self.config)
+        for check in DATA_CHECKS:
+            reply = await check(data_ctx)
+            if reply:
+                self.log.info("data_refused", queue_id=queue_id, client=client_ip,
+                              check=check.__name__, reply=reply)
+                return reply
+        quarantine = False
+        if self.config.authentication.enabled and self.resolver is not None:
+            try:
+                verdict = await authenticate(self.config, self.resolver, content,
+                                             client_ip=client_ip, helo=session.host_name or "",
+                                             mail_from=envelope.mail_from or "")
+            except Exception as exc:
+                self.log.error("authentication_failed", queue_id=queue_id, error=repr(exc))
+                return TEMPFAIL
+            self.log.info("authenticated", queue_id=queue_id, spf=verdict.spf.result,
+                          dkim=",".join(d.result for d in verdict.dkim) or "none",
+                          dmarc=verdict.dmarc.result, arc=verdict.arc.result,
+                          action=verdict.action, forged_removed=verdict.forged_removed or None)
+            if verdict.reply:
+                return verdict.reply
+            quarantine = verdict.action == QUARANTINE
+            content = verdict.header + verdict.message
+        if session.ssl:
+            protocol += "S"  # ESMTPS, UTF8SMTPS (RFC 3848, RFC 6531)
         raw = received_header(helo=session.host_name or "", client_ip=client_ip,
                               hostname=self.config.hostname, queue_id=queue_id,
-                              protocol=protocol, rcpts=envelope.rcpt_tos, when=now)
-        raw += envelope.original_content
+                              protocol=protocol, rcpts=envelope.rcpt_tos, when=now,
+                              tls_info=tls.describe(session))
+        raw += content
         spool_key = None
         try:
             spool_key = await self.blobs.put(raw)
@@ -125,7 +199,8 @@ class InboundHandler:
                 queue_id=queue_id, mail_from=envelope.mail_from or "",
                 rcpt_to=envelope.rcpt_tos, spool_key=spool_key,
                 received_at_ms=int(now * 1000), client_ip=client_ip,
-                helo=session.host_name or "", size=len(raw), smtputf8=smtputf8)
+                helo=session.host_name or "", size=len(raw), smtputf8=smtputf8,
+                quarantine=quarantine)
             await self.queue.publish(INBOUND_TOPIC, queue_id.encode(), event.SerializeToString())
         except Exception as exc:
             self.log.error("queue_failed", queue_id=queue_id, error=repr(exc))
@@ -148,12 +223,14 @@ def _peer_ip(session) -> str:
     return peer[0] if isinstance(peer, tuple) else str(peer or "unknown")
 
 
-def make_smtp_factory(config: Config, handler: InboundHandler):
+def make_smtp_factory(config: Config, handler: InboundHandler, tls_context=None):
     def factory() -> EnhancedSMTP:
         return EnhancedSMTP(handler, data_size_limit=config.mx.max_message_size,
                             enable_SMTPUTF8=True, decode_data=False,
                             hostname=config.hostname, ident="mailyard ESMTP",
-                            timeout=config.mx.idle_timeout)
+                            timeout=config.mx.idle_timeout, tls_context=tls_context,
+                            # a dot-stuffed line of max_line_length octets, and CRLF
+                            line_length_limit=config.mx.max_line_length + 3)
     return factory
 
 
@@ -161,12 +238,15 @@ async def serve(config: Config, stores, stop: asyncio.Event, ready=None) -> None
     """Runs the MX until `stop` is set, then stops accepting and lets the
     sessions in progress finish their transaction (up to a grace period)."""
     log = EventLog("mx")
+    resolver = open_resolver(config.dns)
     handler = InboundHandler(config, await stores.metadata(), await stores.blobs(),
-                             await stores.queue(), log)
+                             await stores.queue(), log, cache=await stores.cache(),
+                             resolver=resolver)
+    tls_context = tls.server_context(config)
     host, port = parse_listen(config.mx.listen)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(make_smtp_factory(config, handler), host, port,
-                                      reuse_address=True)
+    server = await loop.create_server(make_smtp_factory(config, handler, tls_context), host,
+                                      port, reuse_address=True)
     address = server.sockets[0].getsockname()
     log.info("listening", address=f"{address[0]}:{address[1]}")
     if ready:

@@ -47,5 +47,25 @@ def with_enhanced_code(reply: str) -> str:
 
 
 class EnhancedSMTP(SMTP):
+    """Also: a per-server line length limit (aiosmtpd reads it at construction),
+    and the handler's `connect_check(server, session)`, whose reply replaces the
+    greeting and closes the session (RFC 5321 3.8: 421 at any time)."""
+
+    def __init__(self, handler, *args, line_length_limit: int | None = None, **kwargs):
+        if line_length_limit is not None:
+            self.line_length_limit = line_length_limit
+        super().__init__(handler, *args, **kwargs)
+
     async def push(self, status: str) -> None:
         await super().push(with_enhanced_code(status))
+
+    async def _handle_client(self) -> None:
+        check = getattr(self.event_handler, "connect_check", None)
+        if check is not None:
+            reply = await check(self, self.session)
+            if reply:
+                await self.push(reply)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        await super()._handle_client()

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class InboundEnvelope(_message.Message):
-    __slots__ = ("queue_id", "mail_from", "rcpt_to", "spool_key", "received_at_ms", "client_ip", "helo", "size", "smtputf8", "client_hostname")
+    __slots__ = ("queue_id", "mail_from", "rcpt_to", "spool_key", "received_at_ms", "client_ip", "helo", "size", "smtputf8", "client_hostname", "quarantine")
     QUEUE_ID_FIELD_NUMBER: _ClassVar[int]
     MAIL_FROM_FIELD_NUMBER: _ClassVar[int]
     RCPT_TO_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class InboundEnvelope(_message.Message):
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SMTPUTF8_FIELD_NUMBER: _ClassVar[int]
     CLIENT_HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINE_FIELD_NUMBER: _ClassVar[int]
     queue_id: str
     mail_from: str
     rcpt_to: _containers.RepeatedScalarFieldContainer[str]
@@ -29,7 +30,8 @@ class InboundEnvelope(_message.Message):
     size: int
     smtputf8: bool
     client_hostname: str
-    def __init__(self, queue_id: _Optional[str] = ..., mail_from: _Optional[str] = ..., rcpt_to: _Optional[_Iterable[str]] = ..., spool_key: _Optional[str] = ..., received_at_ms: _Optional[int] = ..., client_ip: _Optional[str] = ..., helo: _Optional[str] = ..., size: _Optional[int] = ..., smtputf8: _Optional[bool] = ..., client_hostname: _Optional[str] = ...) -> None: ...
+    quarantine: bool
+    def __init__(self, queue_id: _Optional[str] = ..., mail_from: _Optional[str] = ..., rcpt_to: _Optional[_Iterable[str]] = ..., spool_key: _Optional[str] = ..., received_at_ms: _Optional[int] = ..., client_ip: _Optional[str] = ..., helo: _Optional[str] = ..., size: _Optional[int] = ..., smtputf8: _Optional[bool] = ..., client_hostname: _Optional[str] = ..., quarantine: _Optional[bool] = ...) -> None: ...
 
 class IndexEvent(_message.Message):
     __slots__ = ("kind", "user_id", "message_id", "at_ms")

@@ -39,6 +39,8 @@ async def mx(tmp_path):
     config.mx.listen = "127.0.0.1:0"
     config.mx.max_message_size = 64 * 1024
     config.mx.max_recipients = 3
+    (tmp_path / "zone.db").write_text("")  # no real DNS in tests: an empty local zone
+    config.dns.zone_file = str(tmp_path / "zone.db")
     stores = Stores(config)
     metadata = await stores.metadata()
     await metadata.add_domain("example.test")

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.contract.conftest_ports"]
+pytest_plugins = ["tests.contract.conftest_ports", "tests.contract.conftest_search"]

@@ -50,6 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
     conf = commands.add_parser("config", help="configuration").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     conf.add_parser("show", help="print the effective configuration as TOML")
+
+    search = commands.add_parser("search", help="the search index").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    reindex = search.add_parser("reindex", help="rebuild the index of USER (default: every "
+                                                "user) from the stored messages")
+    reindex.add_argument("user", nargs="?")
+
+    check = commands.add_parser(
+        "authcheck", help="evaluate SPF, DKIM, ARC and DMARC of a message read from stdin "
+                          "and print the Authentication-Results header the MX would add")
+    check.add_argument("--client-ip", required=True, metavar="IP")
+    check.add_argument("--helo", required=True, metavar="NAME")
+    check.add_argument("--mail-from", required=True, metavar="ADDR",
+                       help='the reverse path; "" for the null sender')
+    check.add_argument("--dns-zone", metavar="FILE",
+                       help="answer DNS from this BIND zone file (default: dns.zone_file, "
+                            "else the network)")
     return parser
 
 
@@ -164,6 +181,50 @@ def cmd_token_issue(config: Config, args) -> None:
     print(issue_token(config, args.address, args.ttl))
 
 
+def cmd_search_reindex(config: Config, args) -> None:
+    from mailyard.searchd.reindex import Progress, reindex
+    from mailyard.store.stores import Stores
+
+    async def work() -> int:
+        stores = Stores(config)
+        try:
+            if args.user and await (await stores.metadata()).get_user(args.user) is None:
+                raise UsageError(f"no such user: {args.user}")
+            return await reindex(config, stores, [args.user] if args.user else None, Progress())
+        finally:
+            await stores.close()
+
+    print(f"reindexed {asyncio.run(work())} messages")
+
+
+def cmd_authcheck(config: Config, args) -> int:
+    import ipaddress
+
+    from mailyard.mta.dns import DnsTempError, open_resolver
+    from mailyard.mta.senderauth import authenticate
+
+    try:
+        ipaddress.ip_address(args.client_ip)
+    except ValueError:
+        raise UsageError(f"--client-ip {args.client_ip!r} is not an IP address") from None
+    message = sys.stdin.buffer.read()
+    try:
+        resolver = open_resolver(config.dns, args.dns_zone)
+    except Exception as exc:  # unreadable file, dnspython's zone syntax errors
+        raise UsageError(f"cannot read the DNS zone: {exc}") from None
+    try:
+        verdict = asyncio.run(authenticate(config, resolver, message, client_ip=args.client_ip,
+                                           helo=args.helo, mail_from=args.mail_from.strip("<>")))
+    except DnsTempError as exc:
+        raise UsageError(f"DNS: {exc}") from None
+    sys.stdout.write(verdict.header.decode("utf-8", "replace").replace("\r\n", "\n"))
+    if verdict.reply:
+        print(f"# the MX would refuse this message: {verdict.reply}", file=sys.stderr)
+    elif verdict.action != "accept":
+        print(f"# the MX would deliver this message to SPAM ({verdict.action})", file=sys.stderr)
+    return 0
+
+
 def cmd_config_show(config: Config, args) -> None:
     print(to_toml(config_module.to_dict(config)), end="")
 
@@ -178,10 +239,21 @@ def to_toml(values: dict) -> str:
             return "[" + ", ".join(scalar(v) for v in value) + "]"
         return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
+    def key(name: str) -> str:
+        return name if name.replace("_", "").replace("-", "").isalnum() else scalar(name)
+
+    def table(name: str, entries: dict) -> list[str]:
+        out = ["", f"[{name}]"] + [f"{key(k)} = {scalar(v)}" for k, v in entries.items()
+                                   if not isinstance(v, dict)]
+        for sub, inner in entries.items():  # nested tables, e.g. [dmarc.overrides]
+            if isinstance(inner, dict):
+                out += table(f"{name}.{key(sub)}", inner)
+        return out
+
     lines = [f"{k} = {scalar(v)}" for k, v in values.items() if not isinstance(v, dict)]
-    for key, table in values.items():
-        if isinstance(table, dict):
-            lines += ["", f"[{key}]"] + [f"{k} = {scalar(v)}" for k, v in table.items()]
+    for name, entries in values.items():
+        if isinstance(entries, dict):
+            lines += table(name, entries)
     return "\n".join(lines) + "\n"
 
 
@@ -194,4 +266,6 @@ COMMANDS = {
     ("domain", "list"): cmd_domain_list,
     ("token", "issue"): cmd_token_issue,
     ("config", "show"): cmd_config_show,
+    ("search", "reindex"): cmd_search_reindex,
+    ("authcheck", None): cmd_authcheck,
 }

@@ -7,6 +7,7 @@ refused with the file, the line and the dotted key, like `postconf` would.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
@@ -24,6 +25,17 @@ class MxConfig:
     max_recipients: int = 100
     # How long one SMTP session may stay idle before we close it.
     idle_timeout: float = 300.0
+    # Longest line in a message, CRLF not counted (RFC 5322 2.1.1: 998).
+    max_line_length: int = 998
+    # Largest header section, in octets; 552 5.3.4 past it.
+    max_header_size: int = 256 * 1024
+    # The SMTP smuggling sequences (<LF>.<LF>, <CR>.<CR><LF>, ...) are always
+    # refused. When true, any bare <CR> or <LF> in DATA is too (RFC 5321 2.3.8);
+    # off by default because malformed mail from broken clients is still mail.
+    reject_bare_newlines: bool = False
+    # Clients here skip the abuse controls (rate limits, DNSBL, greylisting),
+    # like Postfix's mynetworks; sender authentication still applies to them.
+    trusted_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
 
 
 @dataclass
@@ -54,6 +66,7 @@ class StorageConfig:
     metadata: str = "sqlite"
     blobs: str = "fs"
     cache: str = "memory"
+    search: str = "fts5"
 
 
 @dataclass
@@ -87,7 +100,98 @@ class LogConfig:
     mask_addresses: bool = True
 
 
-SERVICES = ("mx", "delivery", "mailbox")
+@dataclass
+class DnsConfig:
+    """The one resolver the MX uses for SPF, DKIM, DMARC, ARC and blocklists."""
+    # A BIND zone file that answers every query instead of the network, for
+    # offline evaluation (`mailyard authcheck`) and tests; empty: the system's.
+    zone_file: str = ""
+    timeout: float = 5.0
+    cache_size: int = 10000
+    # Answers are kept at most this long, and never past their own TTL.
+    cache_ttl: float = 300.0
+
+
+@dataclass
+class AuthenticationConfig:
+    """Sender authentication at the MX: SPF, DKIM, ARC, DMARC (RFC 7208, 6376, 8617, 7489)."""
+    enabled: bool = True
+    # The authserv-id of our Authentication-Results header (RFC 8601); the
+    # hostname when empty. Incoming headers claiming it are removed.
+    authserv_id: str = ""
+    dkim_min_key_bits: int = 1024
+
+
+@dataclass
+class DmarcConfig:
+    """What a DMARC failure does: `enforce` applies the sender's policy
+    (reject: 550 5.7.1, quarantine: SPAM label), `quarantine` never rejects,
+    `monitor` only records the result."""
+    mode: str = "enforce"
+    # Per author domain (or its organizational domain): {"example.org" = "monitor"}.
+    overrides: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TlsConfig:
+    """STARTTLS on the MX. Without a certificate, a self-signed pair is made in
+    the data directory on first start."""
+    starttls: bool = True
+    cert_file: str = ""
+    key_file: str = ""
+    min_version: str = "TLSv1.2"
+
+
+@dataclass
+class RateLimitConfig:
+    """Per client IP, per window, through the Cache (shared when it is Redis)."""
+    enabled: bool = True
+    window: float = 60.0
+    connections: int = 60             # 421 4.7.0 past it
+    messages: int = 120               # 450 4.7.1 past it
+
+
+@dataclass
+class GreylistConfig:
+    """Greylisting of unknown (client /24, sender, recipient) triples: 451 4.7.1
+    on first sight, accepted on a retry after `delay`. Off by default: it
+    delays first mail from every new correspondent."""
+    enabled: bool = False
+    delay: float = 300.0
+    # A first try not retried within this long is forgotten.
+    retry_window: float = 86400.0
+    # A triple that passed is remembered this long.
+    pass_ttl: float = 36 * 86400.0
+
+
+@dataclass
+class DnsblConfig:
+    """DNS blocklists the client IP is looked up in (e.g. "zen.spamhaus.org",
+    whose terms apply); none by default. A listed client gets 554 5.7.1."""
+    zones: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SearchConfig:
+    """Full-text search: the indexer that feeds the index and the API's Search."""
+    # Index events written to the index in one bulk write.
+    batch_size: int = 256
+    # Attachments larger than this (decoded) are found by name only.
+    max_attachment_bytes: int = 10 * MiB
+    # Text taken from each body and each attachment, in characters.
+    max_text_chars: int = 1 * MiB
+    # A search slower than this fails; `breaker_failures` failures in a row
+    # make Search answer UNAVAILABLE at once for `breaker_reset` seconds.
+    timeout: float = 5.0
+    breaker_failures: int = 3
+    breaker_reset: float = 10.0
+    # Per-user Bloom filters of indexed terms, in the Cache.
+    bloom_filter: bool = True
+    # SQLite page cache of each FTS5 index connection.
+    cache_mib: int = 64
+
+
+SERVICES = ("mx", "delivery", "mailbox", "indexer")
 
 
 @dataclass
@@ -102,26 +206,45 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
+    dmarc: DmarcConfig = field(default_factory=DmarcConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    greylist: GreylistConfig = field(default_factory=GreylistConfig)
+    dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
 
+DMARC_MODES = ("enforce", "quarantine", "monitor")
 # Values a setting may take, where not every value of its type makes sense.
 CHOICES = {
     "storage.queue": ("sqlite",),
     "storage.metadata": ("sqlite",),
     "storage.blobs": ("fs",),
     "storage.cache": ("memory",),
+    "storage.search": ("fts5",),
     "log.level": ("debug", "info", "warning", "error"),
+    "dmarc.mode": DMARC_MODES,
+    "tls.min_version": ("TLSv1.2", "TLSv1.3"),
 }
 POSITIVE = {"mx.max_message_size", "mx.max_recipients", "mx.idle_timeout",
             "mailbox.max_page_size", "mailbox.attachment_chunk_size",
             "queue.partitions", "queue.poll_interval", "queue.member_ttl",
             "delivery.batch_size", "delivery.concurrency", "delivery.max_attempts",
             "delivery.inbox_cache_size",
-            "delivery.inbox_cache_ttl"}
+            "delivery.inbox_cache_ttl",
+            "mx.max_line_length", "mx.max_header_size", "dns.timeout", "dns.cache_size",
+            "dns.cache_ttl", "authentication.dkim_min_key_bits", "ratelimit.window",
+            "ratelimit.connections", "ratelimit.messages", "greylist.delay",
+            "greylist.retry_window", "greylist.pass_ttl",
+            "search.batch_size", "search.max_attachment_bytes", "search.max_text_chars",
+            "search.timeout", "search.breaker_failures", "search.breaker_reset",
+            "search.cache_mib"}
 LISTEN_KEYS = {"mx.listen", "mailbox.listen"}
 
 
@@ -180,6 +303,17 @@ def validate(config: Config, locate: typing.Callable[[str], int | None] | None =
             parse_listen(_get(config, key))
         except ValueError as exc:
             fail(key, str(exc))
+    for domain, mode in config.dmarc.overrides.items():
+        if mode not in DMARC_MODES:
+            fail(f"dmarc.overrides.{domain}",
+                 f"must be one of {', '.join(DMARC_MODES)}, not {mode!r}")
+    for network in config.mx.trusted_networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            fail("mx.trusted_networks", f"not an IP network: {network!r}")
+    if bool(config.tls.cert_file) != bool(config.tls.key_file):
+        fail("tls.cert_file", "tls.cert_file and tls.key_file go together")
     for name in config.services:
         if name not in SERVICES:
             fail("services", f"unknown service {name!r}; known: {', '.join(SERVICES)}")
@@ -235,6 +369,11 @@ def _convert(hint, raw, dotted: str, locate: _KeyLocator):
         if not isinstance(raw, dict):
             raise wrong(f"a table [{dotted}]")
         return _build(hint, raw, dotted + ".", locate)
+    if typing.get_origin(hint) is dict:
+        _, item = typing.get_args(hint)
+        if not isinstance(raw, dict) or not all(isinstance(v, item) for v in raw.values()):
+            raise wrong(f"a table of {item.__name__} values")
+        return {str(k): v for k, v in raw.items()}
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
         if not isinstance(raw, list) or not all(isinstance(v, item) for v in raw):

@@ -17,7 +17,22 @@ SERVICE_MODULES = {
     "mx": "mailyard.mta.inbound",
     "delivery": "mailyard.delivery.worker",
     "mailbox": "mailyard.store.mailbox.service",
+    "indexer": "mailyard.searchd.indexer",
 }
+# What a service needs from a package it may not import (the mailbox service
+# searches, but store/ must not import searchd): keyword -> "module:factory",
+# each factory called as `await factory(config, stores)`.
+SERVICE_COLLABORATORS = {
+    "mailbox": {"searcher": "mailyard.searchd.searcher:open_searcher"},
+}
+
+
+async def _collaborators(config: Config, stores, name: str) -> dict:
+    found = {}
+    for keyword, target in SERVICE_COLLABORATORS.get(name, {}).items():
+        module_name, _, factory = target.partition(":")
+        found[keyword] = await getattr(importlib.import_module(module_name), factory)(config, stores)
+    return found
 
 
 async def run_services(config: Config, names: list[str], stop: asyncio.Event | None = None,
@@ -41,8 +56,9 @@ async def run_services(config: Config, names: list[str], stop: asyncio.Event | N
         for name in names:
             module = importlib.import_module(SERVICE_MODULES[name])
             on_ready = (lambda address, name=name: ready(name, address)) if ready else None
-            tasks[name] = asyncio.create_task(module.serve(config, stores, stop, on_ready),
-                                              name=name)
+            extras = await _collaborators(config, stores, name)
+            tasks[name] = asyncio.create_task(
+                module.serve(config, stores, stop, on_ready, **extras), name=name)
         log.info("started", services=",".join(names), data_dir=config.data_dir)
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopper, *tasks.values()],

@@ -54,6 +54,11 @@ class MailboxStub:
                 request_serializer=mailyard_dot_proto_dot_mailbox__pb2.ModifyLabelsRequest.SerializeToString,
                 response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.ModifyLabelsResponse.FromString,
                 _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/Search',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.SearchRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.SearchResponse.FromString,
+                _registered_method=True)
 
 
 class MailboxServicer:
@@ -86,6 +91,15 @@ class MailboxServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Search(self, request, context):
+        """Gmail's search operators (from:, subject:, has:attachment, after:, -word,
+        OR, ...), newest first. A query it cannot parse is INVALID_ARGUMENT with
+        the position and the reason; a search backend that is down, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MailboxServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +122,11 @@ def add_MailboxServicer_to_server(servicer, server):
                     servicer.ModifyLabels,
                     request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.ModifyLabelsRequest.FromString,
                     response_serializer=mailyard_dot_proto_dot_mailbox__pb2.ModifyLabelsResponse.SerializeToString,
+            ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.SearchRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.SearchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +237,33 @@ class Mailbox:
             '/mailyard.mailbox.v1.Mailbox/ModifyLabels',
             mailyard_dot_proto_dot_mailbox__pb2.ModifyLabelsRequest.SerializeToString,
             mailyard_dot_proto_dot_mailbox__pb2.ModifyLabelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/Search',
+            mailyard_dot_proto_dot_mailbox__pb2.SearchRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,

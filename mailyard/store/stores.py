@@ -5,8 +5,10 @@ lazily so a backend's client library loads only when it is configured.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from mailyard.policy.config import Config
 from mailyard.store.blobs.base import BlobStore
@@ -50,6 +52,7 @@ class Stores:
     """The adapters one process shares between the services it runs."""
     config: Config
     _open: dict = field(default_factory=dict)
+    _starting: dict = field(default_factory=dict)
 
     async def get(self, port: str):
         if port not in self._open:
@@ -58,6 +61,18 @@ class Stores:
             await adapter.start()
             self._open[port] = adapter
         return self._open[port]
+
+    async def extra(self, name: str, open_adapter: Callable[[], Any]):
+        """An adapter of a port declared outside store/ (searchd's SearchIndex),
+        opened once per process by the opener its package passes, closed with
+        the others. Services starting together share the one being started."""
+        if name not in self._open:
+            Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
+            adapter = open_adapter()
+            self._open[name] = adapter
+            self._starting[name] = asyncio.ensure_future(adapter.start())
+        await self._starting[name]
+        return self._open[name]
 
     async def queue(self) -> Queue:
         return await self.get("queue")

@@ -208,6 +208,18 @@ async def test_label_filters(metadata: MetadataStore):
     assert await metadata.list_messages(user, "TRASH", 10) == []
 
 
+async def test_list_all_messages_ignores_labels_and_pages(metadata: MetadataStore):
+    user, other = new_user(), new_user()
+    records = [message(user, T0 + 3, "a", labels=set()), message(user, T0 + 3, "b"),
+               message(user, T0 + 1, "c", labels={"SENT"}), message(user, T0 + 7, "d",
+                                                               labels={"TRASH"})]
+    await put_all(metadata, records + [message(other, T0 + 5, "x")])
+    assert ids(await metadata.list_all_messages(user, 10)) == ["d", "b", "a", "c"]
+    assert ids(await metadata.list_all_messages(user, 2, after=(T0 + 3, "b"))) == ["a", "c"]
+    assert await metadata.list_all_messages(user, 0) == []
+    assert ids(await metadata.list_all_messages(other.upper(), 10)) == ["x"]
+
+
 async def test_modify_labels_moves_messages_between_listings(metadata: MetadataStore):
     user = new_user()
     a, b = message(user, T0 + 1), message(user, T0 + 2)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import grpc
@@ -31,7 +32,40 @@ member_ttl = {member_ttl}
 poll_interval = 0.1
 [log]
 level = "info"
+[dns]
+zone_file = "{zone_file}"
 """
+
+
+def render_toml(values: dict, prefix: str = "") -> str:
+    """A nested dict as TOML: plain keys first, then one [table] per dict."""
+    def scalar(value) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return repr(value)
+        if isinstance(value, list):
+            return "[" + ", ".join(scalar(v) for v in value) + "]"
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    def key(name: str) -> str:
+        return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
+
+    lines = [f"{key(k)} = {scalar(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for name, table in values.items():
+        if isinstance(table, dict):
+            dotted = f"{prefix}{key(name)}"
+            lines += ["", f"[{dotted}]", render_toml(table, dotted + ".").rstrip("\n")]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for name, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(name), dict):
+            _merge(base[name], value)
+        else:
+            base[name] = value
+    return base
 
 
 def cli(data_dir: Path, config: Path, *args: str, input: str | None = None) -> str:
@@ -96,11 +130,20 @@ class Service:
 class Mailyard:
     """A data directory plus the processes running on it."""
 
-    def __init__(self, root: Path, member_ttl: float = 10.0):
+    def __init__(self, root: Path, member_ttl: float = 10.0, settings: dict | None = None,
+                 zone: str = ""):
+        """`settings` are merged into the config ({"greylist": {"enabled": True}});
+        `zone` is the BIND zone file every DNS lookup is answered from (tests
+        never query the real DNS), empty by default."""
         self.root = root
         self.data_dir = root / "data"
         self.config = root / "mailyard.toml"
-        self.config.write_text(CONFIG.format(member_ttl=member_ttl))
+        self.zone_file = root / "zone.db"
+        self.zone_file.write_text(zone)
+        text = CONFIG.format(member_ttl=member_ttl, zone_file=self.zone_file)
+        if settings:
+            text = render_toml(_merge(tomllib.loads(text), settings))
+        self.config.write_text(text)
         self.services: list[Service] = []
 
     def cli(self, *args: str, input: str | None = None) -> str:
@@ -184,6 +227,11 @@ class Client:
         return self.stub.ModifyLabels(
             mailbox_pb2.ModifyLabelsRequest(ids=ids, add_labels=list(add),
                                             remove_labels=list(remove)),
+            metadata=self.metadata, timeout=10)
+
+    def search(self, query: str, page_size: int = 0, page_token: str = ""):
+        return self.stub.Search(
+            mailbox_pb2.SearchRequest(query=query, page_size=page_size, page_token=page_token),
             metadata=self.metadata, timeout=10)
 
     def wait_for(self, count: int, label: str = "", timeout: float = 60) -> list:

@@ -25,22 +25,17 @@ from mailyard.store.errors import StorageError
 from mailyard.store.mailbox.auth import AuthError, TokenVerifier
 from mailyard.store.mailbox.inbox_cache import INBOX, InboxCache, to_summary
 from mailyard.store.mailbox.page_tokens import BadPageToken, PageTokens, load_secret
+from mailyard.store.mailbox.search import CircuitBreaker, Searcher, SearchHandler
 from mailyard.store.metadata.base import MessageRecord, MetadataStore
-from mailyard.store.mime import decode_part, join, summarize
+from mailyard.store.mime import decode_part, summarize
 from mailyard.store.queue.base import Queue
+from mailyard.store.raw import load_raw  # noqa: F401  (also imported from here)
 
 SERVICE_NAME = "mailyard.mailbox.v1.Mailbox"
 INDEX_TOPIC = "mail.index"
 DEFAULT_PAGE_SIZE = 50
 # Gmail-like label names: printable, no leading/trailing space, bounded length.
 _LABEL = re.compile(r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]{0,223}[^\x00-\x1f\x7f\s])?$")
-
-
-async def load_raw(blobs: BlobStore, skeleton_key: str) -> bytes:
-    skeleton = events_pb2.Skeleton.FromString(await blobs.get(skeleton_key))
-    keys = {s.blob_key for s in skeleton.segments if s.WhichOneof("kind") == "blob_key"}
-    parts = dict(zip(keys, await asyncio.gather(*(blobs.get(k) for k in keys))))
-    return join(skeleton, parts)
 
 
 def header_list(raw: bytes) -> list[mailbox_pb2.Header]:
@@ -59,7 +54,8 @@ def header_list(raw: bytes) -> list[mailbox_pb2.Header]:
 
 class MailboxService(mailbox_pb2_grpc.MailboxServicer):
     def __init__(self, config: Config, metadata: MetadataStore, blobs: BlobStore,
-                 cache, queue: Queue, log: EventLog | None = None):
+                 cache, queue: Queue, log: EventLog | None = None,
+                 searcher: Searcher | None = None):
         self.config = config
         self.metadata = metadata
         self.blobs = blobs
@@ -69,6 +65,11 @@ class MailboxService(mailbox_pb2_grpc.MailboxServicer):
         self.tokens = PageTokens(load_secret(config.data_path))
         self.inbox = InboxCache(cache, metadata, config.delivery.inbox_cache_size,
                                 config.delivery.inbox_cache_ttl, self.log)
+        self.search = SearchHandler(
+            searcher, metadata, self.tokens,
+            CircuitBreaker(config.search.breaker_failures, config.search.breaker_reset,
+                           config.search.timeout),
+            config.mailbox.max_page_size, DEFAULT_PAGE_SIZE)
 
     async def _user(self, context: grpc.aio.ServicerContext) -> str:
         authorization = dict(context.invocation_metadata()).get("authorization")
@@ -176,6 +177,11 @@ class MailboxService(mailbox_pb2_grpc.MailboxServicer):
                 await self.queue.publish(INDEX_TOPIC, user.encode(), event.SerializeToString())
         return mailbox_pb2.ModifyLabelsResponse(messages=[to_summary(r) for r in records])
 
+    async def Search(self, request, context):
+        user = await self._user(context)
+        async with _storage_errors_as_unavailable(context):
+            return await self.search(user, request, context)
+
 
 class _storage_errors_as_unavailable:
     """A backend outage is UNAVAILABLE (retryable), never INTERNAL or a hang."""
@@ -192,10 +198,11 @@ class _storage_errors_as_unavailable:
         return False
 
 
-async def serve(config: Config, stores, stop: asyncio.Event, ready=None) -> None:
+async def serve(config: Config, stores, stop: asyncio.Event, ready=None,
+                searcher: Searcher | None = None) -> None:
     log = EventLog("mailbox")
     service = MailboxService(config, await stores.metadata(), await stores.blobs(),
-                             await stores.cache(), await stores.queue(), log)
+                             await stores.cache(), await stores.queue(), log, searcher)
     server = grpc.aio.server()
     mailbox_pb2_grpc.add_MailboxServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()

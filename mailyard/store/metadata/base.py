@@ -113,6 +113,12 @@ class MetadataStore(abc.ABC):
         message_id, both descending), starting strictly after `after`."""
 
     @abc.abstractmethod
+    async def list_all_messages(self, user_id: str, limit: int,
+                                after: Cursor | None = None) -> list[MessageRecord]:
+        """Every message of the user whatever its labels (an archived message
+        has none), in the order of list_messages; for rebuilding a search index."""
+
+    @abc.abstractmethod
     async def count_messages(self, user_id: str, label: str, unread_only: bool = False) -> int:
         ...
 

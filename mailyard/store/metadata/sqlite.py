@@ -76,6 +76,9 @@ SCHEMA = (
         message_id TEXT NOT NULL,
         PRIMARY KEY (user_id, label, received_at_ms DESC, message_id DESC)
     ) WITHOUT ROWID""",
+    # Every message of a user newest first, whatever its labels (a reindex).
+    """CREATE INDEX IF NOT EXISTS messages_by_time
+        ON messages (user_id, received_at_ms DESC, message_id DESC)""",
     """CREATE TABLE IF NOT EXISTS thread_ids (
         user_id TEXT NOT NULL,
         rfc822_message_id TEXT NOT NULL,
@@ -186,6 +189,17 @@ class SqliteMetadataStore(MetadataStore):
             sql = _LIST.format(after=_AFTER)
             params = (user_id.lower(), label, after[0], after[1], limit)
         return [_record(row) for row in await self._call(self._read, sql, params)]
+
+    async def list_all_messages(self, user_id: str, limit: int,
+                                after: Cursor | None = None) -> list[MessageRecord]:
+        if limit <= 0:
+            return []
+        sql, params = _SELECT + " WHERE m.user_id = ?", [user_id.lower()]
+        if after is not None:
+            sql += " AND (m.received_at_ms, m.message_id) < (?, ?)"
+            params += [after[0], after[1]]
+        sql += " ORDER BY m.received_at_ms DESC, m.message_id DESC LIMIT ?"
+        return [_record(row) for row in await self._call(self._read, sql, (*params, limit))]
 
     async def count_messages(self, user_id: str, label: str, unread_only: bool = False) -> int:
         sql = _COUNT + (_UNREAD if unread_only else "")

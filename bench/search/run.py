@@ -1,0 +1,279 @@
+"""Search benchmark: mailyard's FTS5 index against notmuch on the same corpus.
+
+    python bench/search/run.py --messages 100000 [--repeat 5] [--workers 2] [--no-notmuch]
+
+Prints the indexing rate, the index size per message and p50/p95/p99 latency
+of a fixed mix of Gmail queries (top 50, newest first), for both, and the
+Bloom filter's share of answers. See README.md beside this file.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from corpus import USER, Generator, testdata_messages  # noqa: E402
+
+from mailyard.searchd.bloom import BloomFilters, TermBloom  # noqa: E402
+from mailyard.searchd.extract import document  # noqa: E402
+from mailyard.searchd.index.fts5 import Fts5SearchIndex  # noqa: E402
+from mailyard.searchd.query import terms  # noqa: E402
+from mailyard.searchd.searcher import IndexSearcher  # noqa: E402
+from mailyard.store.cache.memory import MemoryCache  # noqa: E402
+from mailyard.store.metadata.base import MessageRecord  # noqa: E402
+
+# (mailyard query, notmuch query). Words are picked by frequency rank in the
+# generated vocabulary (rank 0 is "the"); see corpus.py.
+def query_mix(words: list[str]) -> list[tuple[str, str]]:
+    mid, rare, rarer = words[2000], words[20000], words[50000]
+    return [
+        ("the", "the"),
+        ("time", "time"),
+        ("budget", "budget"),
+        (mid, mid),
+        (rare, rare),
+        (rarer, rarer),
+        ('"quarterly report"', '"quarterly report"'),
+        ('"let me know"', '"let me know"'),
+        ('"the people"', '"the people"'),
+        ("from:alice", "from:alice"),
+        ("from:alice.smith@example.com", "from:alice.smith@example.com"),
+        ("to:bench", "to:bench"),
+        ("subject:meeting", "subject:meeting"),
+        ("subject:report", "subject:report"),
+        ("after:2023/01/01 before:2023/02/01", "date:2023-01-01..2023-01-31"),
+        ("after:2024/12/01", "date:2024-12-01.."),
+        ("has:attachment", "tag:attachment"),
+        ("filename:pdf", "attachment:pdf"),
+        ("filename:zip", "attachment:zip"),
+        ("budget has:attachment", "budget and tag:attachment"),
+        ("from:bob meeting", "from:bob and meeting"),
+        ("project deadline after:2024/01/01", "project and deadline and date:2024-01-01.."),
+        ("invoice OR contract", "invoice or contract"),
+        ("meeting -budget", "meeting and not budget"),
+        ("is:unread report", "tag:unread and report"),
+        ("is:starred", "tag:flagged"),
+        ("zzyzxnowhere", "zzyzxnowhere"),
+        ('"board meeting" before:2023/01/01', '"board meeting" and date:..2022-12-31'),
+        ("{client customer} subject:update", "(client or customer) and subject:update"),
+        (f"{rare} OR {words[30000]}", f"{rare} or {words[30000]}"),
+    ]
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def write_corpus(count: int, maildir: Path) -> list[tuple[Path, int, bool, bool, str]]:
+    """The messages as maildir files, with (path, received ms, unread, starred, Message-ID)."""
+    (maildir / "cur").mkdir(parents=True)
+    (maildir / "new").mkdir()
+    (maildir / "tmp").mkdir()
+    generator = Generator()
+    messages = list(generator.messages(count)) + testdata_messages()
+    newest = max(m.received_at_ms for m in messages)
+    entries = []
+    for n, message in enumerate(messages):
+        path = maildir / "cur" / f"{n:08d}.bench:2,"
+        path.write_bytes(message.raw)
+        age_days = (newest - message.received_at_ms) / 86_400_000
+        unread = age_days < 60 or n % 7 == 0
+        entries.append((path, message.received_at_ms, unread, n % 50 == 0,
+                        message.message_id.strip("<>")))
+    return entries
+
+
+def extract(entry) -> object:
+    path, received_at_ms, unread, starred, _ = entry
+    raw = path.read_bytes()
+    labels = {"INBOX"} | ({"UNREAD"} if unread else set()) | ({"STARRED"} if starred else set())
+    record = MessageRecord(user_id=USER, message_id=path.name.split(".")[0],
+                           thread_id="", received_at_ms=received_at_ms, skeleton_key="",
+                           size=len(raw), labels=labels)
+    doc = document(record, raw)
+    doc.has_attachment = bool(doc.text.get("filename"))
+    return doc
+
+
+async def index_corpus(entries, db_path: Path, workers: int, bloom: TermBloom) -> float:
+    index = Fts5SearchIndex(db_path)
+    await index.start()
+    start = time.perf_counter()
+    batch = []
+    with multiprocessing.Pool(workers) if workers > 1 else _Serial() as pool:
+        for n, doc in enumerate(pool.imap(extract, entries, chunksize=64), 1):
+            batch.append(doc)
+            if len(batch) == 1000:
+                _learn(bloom, batch)
+                await index.write(batch)
+                batch = []
+            if n % 10_000 == 0:
+                print(f"  indexed {n} ({n / (time.perf_counter() - start):.0f}/s)", flush=True)
+        _learn(bloom, batch)
+        await index.write(batch)
+    elapsed = time.perf_counter() - start
+    await index.close()
+    return elapsed
+
+
+class _Serial:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def imap(self, fn, items, chunksize=1):
+        return map(fn, items)
+
+
+def _learn(bloom: TermBloom, docs) -> None:
+    """As the indexer does: the batch's distinct terms, once each."""
+    found = set()
+    for doc in docs:
+        for text in doc.text.values():
+            found.update(text.split())
+    bloom.update(found)
+
+
+async def time_ours(db_path: Path, bloom: TermBloom, mix, repeat: int):
+    index = Fts5SearchIndex(db_path)
+    await index.start()
+    cache = MemoryCache()
+    blooms = BloomFilters(cache)
+    await blooms.save(USER, bloom)
+    searcher = IndexSearcher(index, blooms)
+    results = {}
+    for query, _ in mix:
+        await searcher.search(USER, query, 50)  # warm
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            found = await searcher.search(USER, query, 50)
+            times.append(time.perf_counter() - start)
+        results[query] = {"times": times, "hits": len(found.message_ids)}
+    await index.close()
+    return results, searcher.stats
+
+
+def notmuch_index(maildir: Path, entries) -> tuple[float, Path]:
+    config = maildir.parent / "notmuch-config"
+    config.write_text(f"[database]\npath={maildir}\n[user]\nname=Bench\nprimary_email={USER}\n"
+                      "[new]\ntags=inbox;\n[search]\nexclude_tags=\n"
+                      "[maildir]\nsynchronize_flags=false\n")
+    env = {**os.environ, "NOTMUCH_CONFIG": str(config)}
+    start = time.perf_counter()
+    subprocess.run(["notmuch", "new", "--quiet"], env=env, check=True)
+    elapsed = time.perf_counter() - start
+    # The same read state and stars as ours, so is:unread/is:starred compare.
+    tags = []
+    for path, _, unread, starred, message_id in entries:
+        names = (["+unread"] if unread else []) + (["+flagged"] if starred else [])
+        if names and not message_id.startswith("testdata-"):
+            tags.append(f"{' '.join(names)} -- id:{message_id}\n")
+    subprocess.run(["notmuch", "tag", "--batch"], input="".join(tags), text=True, env=env,
+                   check=True)
+    return elapsed, config
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def summary_line(name: str, results: dict) -> tuple[float, float, float]:
+    times = [t * 1000 for r in results.values() for t in r["times"]]
+    p50, p95, p99 = (percentile(times, p) for p in (50, 95, 99))
+    print(f"{name:10} p50 {p50:7.2f} ms   p95 {p95:7.2f} ms   p99 {p99:7.2f} ms")
+    return p50, p95, p99
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes extracting text (the indexer service uses 1)")
+    parser.add_argument("--no-notmuch", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="mailyard-search-bench-"))
+    try:
+        print(f"corpus: {args.messages} generated messages + shared testdata, in {work}")
+        start = time.perf_counter()
+        entries = write_corpus(args.messages, work / "mail")
+        corpus_bytes = sum(e[0].stat().st_size for e in entries)
+        print(f"  {len(entries)} messages, {corpus_bytes / len(entries) / 1024:.1f} KiB average,"
+              f" written in {time.perf_counter() - start:.0f} s")
+        mix = query_mix(Generator().words)
+
+        bloom = TermBloom()
+        db_path = work / "search.db"
+        elapsed = asyncio.run(index_corpus(entries, db_path, args.workers, bloom))
+        with sqlite3.connect(db_path) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        ours_rate = len(entries) / elapsed
+        ours_size = db_path.stat().st_size / len(entries)
+        print(f"mailyard: indexed {len(entries)} in {elapsed:.0f} s = {ours_rate:.0f} msgs/s"
+              f" ({args.workers} extracting process(es)), index {ours_size / 1024:.2f} KiB/msg,"
+              f" Bloom filter {len(bloom.to_bytes()) / 1024:.0f} KiB")
+        ours, stats = asyncio.run(time_ours(db_path, bloom, mix, args.repeat))
+
+        peer = None
+        if not args.no_notmuch:
+            nm_elapsed, nm_config = notmuch_index(work / "mail", entries)
+            nm_size = dir_size(work / "mail" / ".notmuch") / len(entries)
+            print(f"notmuch:  indexed {len(entries)} in {nm_elapsed:.0f} s ="
+                  f" {len(entries) / nm_elapsed:.0f} msgs/s, index {nm_size / 1024:.2f} KiB/msg")
+            queries = work / "queries.json"
+            queries.write_text(json.dumps([nm for _, nm in mix]))
+            out = subprocess.run(["/usr/bin/python3", str(Path(__file__).with_name("notmuch_peer.py")),
+                                  str(work / "mail"), str(queries), str(args.repeat)],
+                                 capture_output=True, text=True, check=True,
+                                 env={**os.environ, "NOTMUCH_CONFIG": str(nm_config)})
+            peer = json.loads(out.stdout)
+
+        print(f"\nper query (median of {args.repeat}, ms; hits in the top 50):")
+        print(f"  {'query':45} {'mailyard':>9} {'hits':>5}" + (f" {'notmuch':>9} {'hits':>5}" if peer else ""))
+        for query, nm in mix:
+            line = (f"  {query[:45]:45} {statistics.median(ours[query]['times']) * 1000:9.2f}"
+                    f" {ours[query]['hits']:5}")
+            if peer:
+                line += (f" {statistics.median(peer[nm]['times']) * 1000:9.2f}"
+                         f" {peer[nm]['hits']:5}")
+            print(line)
+        print(f"\nlatency over the mix ({len(mix)} queries x {args.repeat}), top 50 newest first:")
+        p_ours = summary_line("mailyard", ours)
+        if peer:
+            p_peer = summary_line("notmuch", peer)
+            print("ratio      " + "   ".join(f"{n} {b / a:5.1f}x faster"
+                                             for n, a, b in zip(("p50", "p95", "p99"), p_ours, p_peer)))
+            print(f"indexing   {ours_rate / (len(entries) / nm_elapsed):.1f}x notmuch's rate")
+        print(f"\nBloom filter: answered {stats.answered_by_bloom} of {stats.searches} searches"
+              f" in the mix ({100 * stats.answered_by_bloom / stats.searches:.0f}%) without the index")
+        misspelled = [w[:-1] + ("x" if w[-1] != "x" else "y") for w in Generator().words[100:400:10]]
+        absent = sum(all(t not in bloom for t in terms(w)) for w in misspelled)
+        print(f"  and {absent} of {len(misspelled)} one-letter misspellings of common words")
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Fixtures for the SearchIndex contract suite, one parameter per adapter.
+
+FTS5 always runs; OpenSearch joins when MAILYARD_OPENSEARCH points at a server
+(started by tests/cluster/). Tests use fresh uuid users, so they also hold on
+a shared server.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mailyard.searchd.index.base import SearchIndex
+
+SEARCH_ADAPTERS = ["fts5"] + (["opensearch"] if os.environ.get("MAILYARD_OPENSEARCH") else [])
+
+
+@pytest.fixture(params=SEARCH_ADAPTERS)
+async def search_index(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[SearchIndex]:
+    if request.param != "fts5":
+        pytest.skip(f"{request.param} search adapter not built yet")
+    from mailyard.searchd.index.fts5 import Fts5SearchIndex
+    index = Fts5SearchIndex(tmp_path / "search.db")
+    await index.start()
+    yield index
+    await index.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import os
 import time
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from mailyard.mta.senderauth import QUARANTINE, authenticate
 from mailyard.mta.smtp import EnhancedSMTP
 from mailyard.policy.config import Config, parse_listen
 from mailyard.policy.logs import EventLog
+from mailyard.policy.mx_workers import LISTEN_ENV
 from mailyard.proto import events_pb2
 from mailyard.store.blobs.base import BlobStore
 from mailyard.store.cache.base import Cache
@@ -243,10 +245,12 @@ async def serve(config: Config, stores, stop: asyncio.Event, ready=None) -> None
                              await stores.queue(), log, cache=await stores.cache(),
                              resolver=resolver)
     tls_context = tls.server_context(config)
-    host, port = parse_listen(config.mx.listen)
+    # An extra MX process binds the address its parent bound (mx_workers).
+    host, port = parse_listen(os.environ.get(LISTEN_ENV) or config.mx.listen)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(make_smtp_factory(config, handler, tls_context), host,
-                                      port, reuse_address=True)
+                                      port, reuse_address=True,
+                                      reuse_port=config.mx.processes > 1)
     address = server.sockets[0].getsockname()
     log.info("listening", address=f"{address[0]}:{address[1]}")
     if ready:

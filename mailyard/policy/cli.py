@@ -93,21 +93,24 @@ class UsageError(Exception):
 
 
 def cmd_up(config: Config, args) -> None:
-    _run(config, config.services)
+    _run(config, config.services, args.config)
 
 
 def cmd_run(config: Config, args) -> None:
-    _run(config, [args.service])
+    _run(config, [args.service], args.config)
 
 
-def _run(config: Config, services: list[str]) -> None:
+def _run(config: Config, services: list[str], config_path: str | None) -> None:
     from mailyard.policy.launcher import run_services
 
     def ready(name, address):
         if address:
             print(f"mailyard: {name} listening on {address[0]}:{address[1]}", flush=True)
 
-    asyncio.run(run_services(config, services, ready=ready))
+    global_args = ["--data-dir", config.data_dir]
+    if config_path:
+        global_args = ["--config", config_path, *global_args]
+    asyncio.run(run_services(config, services, ready=ready, global_args=global_args))
 
 
 async def _with_metadata(config: Config, work):

@@ -21,6 +21,10 @@ MiB = 1024 * 1024
 class MxConfig:
     """The inbound MX (port 25 in production)."""
     listen: str = "127.0.0.1:2525"
+    # Processes accepting SMTP on the listen address (SO_REUSEPORT), one per
+    # core to use. In-process cache counters (rate limits, greylisting) are
+    # then per process; a shared cache server keeps them exact.
+    processes: int = 1
     max_message_size: int = 25 * MiB
     max_recipients: int = 100
     # How long one SMTP session may stay idle before we close it.
@@ -74,7 +78,7 @@ class QueueConfig:
     partitions: int = 4
     # How often a waiting consumer looks for records published by another
     # process; records from this process wake it at once.
-    poll_interval: float = 0.5
+    poll_interval: float = 0.2
     # A consumer silent for this long loses its partitions to the others.
     member_ttl: float = 10.0
 
@@ -232,7 +236,7 @@ CHOICES = {
     "dmarc.mode": DMARC_MODES,
     "tls.min_version": ("TLSv1.2", "TLSv1.3"),
 }
-POSITIVE = {"mx.max_message_size", "mx.max_recipients", "mx.idle_timeout",
+POSITIVE = {"mx.processes", "mx.max_message_size", "mx.max_recipients", "mx.idle_timeout",
             "mailbox.max_page_size", "mailbox.attachment_chunk_size",
             "queue.partitions", "queue.poll_interval", "queue.member_ttl",
             "delivery.batch_size", "delivery.concurrency", "delivery.max_attempts",

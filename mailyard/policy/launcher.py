@@ -12,6 +12,7 @@ import signal
 
 from mailyard.policy.config import Config
 from mailyard.policy.logs import EventLog
+from mailyard.policy.mx_workers import MxWorkers, is_worker
 
 SERVICE_MODULES = {
     "mx": "mailyard.mta.inbound",
@@ -36,10 +37,12 @@ async def _collaborators(config: Config, stores, name: str) -> dict:
 
 
 async def run_services(config: Config, names: list[str], stop: asyncio.Event | None = None,
-                       ready=None) -> None:
+                       ready=None, global_args: list[str] | None = None) -> None:
     """Runs the named services until SIGINT/SIGTERM (or `stop`), then stops
     them in order: the MX first so nothing new arrives, the workers after they
-    commit what they hold. `ready(name, address)` is called as each starts."""
+    commit what they hold. `ready(name, address)` is called as each starts.
+    `global_args` (--config, --data-dir) let extra MX processes be started
+    with the same configuration."""
     from mailyard.store.stores import Stores
 
     log = EventLog("master")
@@ -52,10 +55,21 @@ async def run_services(config: Config, names: list[str], stop: asyncio.Event | N
             pass
     stores = Stores(config)
     tasks: dict[str, asyncio.Task] = {}
+
+    def mx_ready(address) -> None:
+        extra = config.mx.processes - 1
+        if extra > 0 and global_args is not None and not is_worker():
+            workers = MxWorkers(global_args, extra, address)
+            tasks["mx-workers"] = asyncio.create_task(workers.supervise(stop), name="mx-workers")
+        if ready:
+            ready("mx", address)
+
     try:
         for name in names:
             module = importlib.import_module(SERVICE_MODULES[name])
             on_ready = (lambda address, name=name: ready(name, address)) if ready else None
+            if name == "mx":
+                on_ready = mx_ready
             extras = await _collaborators(config, stores, name)
             tasks[name] = asyncio.create_task(
                 module.serve(config, stores, stop, on_ready, **extras), name=name)

@@ -6,6 +6,7 @@ through the MX, the queue and the delivery worker, as with Postfix.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
@@ -52,7 +53,7 @@ class EventLog:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         pairs = " ".join(f"{k.rstrip('_')}={_quote(v)}" for k, v in fields.items() if v is not None)
         self._logger.log(level, f"ts={stamp}Z level={logging.getLevelName(level).lower()} "
-                                f"service={self.service} event={event} {pairs}".rstrip())
+                                f"service={self.service} pid={os.getpid()} event={event} {pairs}".rstrip())
 
     def debug(self, event: str, **fields) -> None:
         self._emit(logging.DEBUG, event, fields)

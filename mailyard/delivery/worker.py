@@ -13,8 +13,8 @@ import asyncio
 import hashlib
 import time
 
-from mailyard.store.mime import split, summarize
-from mailyard.mta.inbound import INBOUND_TOPIC
+from mailyard.store.messages import find_thread, store_content
+from mailyard.store.spool import INBOUND_TOPIC
 from mailyard.policy.config import Config
 from mailyard.policy.logs import EventLog
 from mailyard.proto import events_pb2
@@ -22,7 +22,7 @@ from mailyard.store.blobs.base import BlobStore
 from mailyard.store.cache.base import Cache
 from mailyard.store.errors import NotFound, StorageError
 from mailyard.store.mailbox.inbox_cache import InboxCache
-from mailyard.store.metadata.base import AttachmentRef, MessageRecord, MetadataStore
+from mailyard.store.metadata.base import MessageRecord, MetadataStore
 from mailyard.store.queue.base import Queue, Record
 
 GROUP = "delivery"
@@ -119,18 +119,16 @@ class DeliveryWorker:
             # record was delivered and committed already, then replayed.
             self.log.warning("spool_missing", queue_id=envelope.queue_id)
             return
-        skeleton, parts, part_infos = split(raw, self.config.delivery.min_part_size)
-        await asyncio.gather(*(self.blobs.put(data) for data in parts.values()))
-        skeleton_key = await self.blobs.put(skeleton.SerializeToString())
-        summary = summarize(raw)
-        attachments = await self._attachment_refs(raw, summary, part_infos)
-        blob_keys = sorted({skeleton_key, *parts, *(a.blob_key for a in attachments)})
+        stored = await store_content(self.blobs, raw, self.config.delivery.min_part_size)
+        skeleton_key, summary = stored.skeleton_key, stored.summary
+        attachments, blob_keys = stored.attachments, stored.blob_keys
 
         for rcpt in envelope.rcpt_to:
             user_id = rcpt.lower()
             message_id = message_id_for(envelope.queue_id, user_id)
-            thread_id = (await self.metadata.find_thread(user_id, summary.references)
-                         if summary.references else None) or message_id
+            thread_id = await find_thread(self.metadata, user_id, summary,
+                                          envelope.received_at_ms,
+                                          self.config.delivery.thread_subject_window) or message_id
             record = MessageRecord(
                 user_id=user_id, message_id=message_id, thread_id=thread_id,
                 received_at_ms=envelope.received_at_ms, skeleton_key=skeleton_key,
@@ -154,23 +152,6 @@ class DeliveryWorker:
             self.log.info("delivered", queue_id=envelope.queue_id, user=user_id,
                           message_id=message_id, replay=not created,
                           malformed=summary.malformed or None)
-
-    async def _attachment_refs(self, raw: bytes, summary, part_infos) -> list[AttachmentRef]:
-        """Every attachment gets a blob of its encoded body, so the API can
-        serve it without rebuilding the message; large ones already have one."""
-        by_path = {p.path: p for p in part_infos}
-        refs = []
-        for att in summary.attachments:
-            part = by_path.get(att.path)
-            key = part.blob_key if part else None
-            if part is not None and key is None:
-                start, end = part.body_range
-                key = await self.blobs.put(raw[start:end])
-            refs.append(AttachmentRef(
-                id=att.id, filename=att.filename, content_type=att.content_type,
-                size=att.size, sha256=att.sha256, blob_key=key or "",
-                transfer_encoding=att.transfer_encoding))
-        return refs
 
     async def dead_letter(self, record: Record, reason: str, attempts: int) -> None:
         letter = events_pb2.DeadLetter(

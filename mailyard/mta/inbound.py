@@ -27,8 +27,7 @@ from mailyard.store.blobs.base import BlobStore
 from mailyard.store.cache.base import Cache
 from mailyard.store.metadata.base import MetadataStore
 from mailyard.store.queue.base import Queue
-
-INBOUND_TOPIC = "mail.inbound"
+from mailyard.store.spool import INBOUND_TOPIC, spool_and_queue  # noqa: F401 (INBOUND_TOPIC re-exported)
 
 TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
 
@@ -194,25 +193,16 @@ class InboundHandler:
                               protocol=protocol, rcpts=envelope.rcpt_tos, when=now,
                               tls_info=tls.describe(session))
         raw += content
-        spool_key = None
         try:
-            spool_key = await self.blobs.put(raw)
-            event = events_pb2.InboundEnvelope(
+            # Not queued, not accepted: the sender retries, and spool_and_queue
+            # drops the spool blob (unique to this queue id) so it cannot linger.
+            await spool_and_queue(self.blobs, self.queue, raw, events_pb2.InboundEnvelope(
                 queue_id=queue_id, mail_from=envelope.mail_from or "",
-                rcpt_to=envelope.rcpt_tos, spool_key=spool_key,
-                received_at_ms=int(now * 1000), client_ip=client_ip,
-                helo=session.host_name or "", size=len(raw), smtputf8=smtputf8,
-                quarantine=quarantine)
-            await self.queue.publish(INBOUND_TOPIC, queue_id.encode(), event.SerializeToString())
+                rcpt_to=envelope.rcpt_tos, received_at_ms=int(now * 1000),
+                client_ip=client_ip, helo=session.host_name or "", smtputf8=smtputf8,
+                quarantine=quarantine))
         except Exception as exc:
             self.log.error("queue_failed", queue_id=queue_id, error=repr(exc))
-            if spool_key is not None:
-                # Not queued, so not accepted: the sender retries, and the spool
-                # blob must not linger (it is unique to this queue id).
-                try:
-                    await self.blobs.delete(spool_key)
-                except Exception:
-                    pass
             return TEMPFAIL
         self.log.info("accepted", queue_id=queue_id, client=client_ip,
                       from_=envelope.mail_from or "<>", rcpts=len(envelope.rcpt_tos),

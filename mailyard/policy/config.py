@@ -48,6 +48,13 @@ class MailboxConfig:
     listen: str = "127.0.0.1:50051"
     max_page_size: int = 500
     attachment_chunk_size: int = 64 * 1024
+    # Per-user API quota, in Gmail-like units per window (listing costs 5,
+    # sending 100, ...: see store/mailbox/ratelimit.py); 0 turns it off.
+    quota_units: int = 2500
+    quota_window: float = 10.0
+    # How often WatchMailbox looks for changes written by another process;
+    # changes made in this process wake it at once.
+    watch_poll_interval: float = 0.5
 
 
 @dataclass
@@ -95,6 +102,9 @@ class DeliveryConfig:
     min_part_size: int = 1024
     inbox_cache_size: int = 50
     inbox_cache_ttl: float = 300.0
+    # A reply whose client dropped References/In-Reply-To ("Re: subject")
+    # joins the latest thread of that subject within this many seconds; 0: never.
+    thread_subject_window: float = 7 * 86400.0
 
 
 @dataclass
@@ -195,7 +205,14 @@ class SearchConfig:
     cache_mib: int = 64
 
 
-SERVICES = ("mx", "delivery", "mailbox", "indexer")
+@dataclass
+class GatewayConfig:
+    """The REST/JSON gateway over the mailbox API, with /openapi.json,
+    /healthz and /metrics on the same port."""
+    listen: str = "127.0.0.1:8080"
+
+
+SERVICES = ("mx", "delivery", "mailbox", "indexer", "gateway")
 
 
 @dataclass
@@ -205,6 +222,7 @@ class Config:
     services: list[str] = field(default_factory=lambda: list(SERVICES))
     mx: MxConfig = field(default_factory=MxConfig)
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
@@ -238,6 +256,7 @@ CHOICES = {
 }
 POSITIVE = {"mx.processes", "mx.max_message_size", "mx.max_recipients", "mx.idle_timeout",
             "mailbox.max_page_size", "mailbox.attachment_chunk_size",
+            "mailbox.quota_window", "mailbox.watch_poll_interval",
             "queue.partitions", "queue.poll_interval", "queue.member_ttl",
             "delivery.batch_size", "delivery.concurrency", "delivery.max_attempts",
             "delivery.inbox_cache_size",
@@ -249,7 +268,7 @@ POSITIVE = {"mx.processes", "mx.max_message_size", "mx.max_recipients", "mx.idle
             "search.batch_size", "search.max_attachment_bytes", "search.max_text_chars",
             "search.timeout", "search.breaker_failures", "search.breaker_reset",
             "search.cache_mib"}
-LISTEN_KEYS = {"mx.listen", "mailbox.listen"}
+LISTEN_KEYS = {"mx.listen", "mailbox.listen", "gateway.listen"}
 
 
 class ConfigError(Exception):

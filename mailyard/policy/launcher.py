@@ -19,12 +19,14 @@ SERVICE_MODULES = {
     "delivery": "mailyard.delivery.worker",
     "mailbox": "mailyard.store.mailbox.service",
     "indexer": "mailyard.searchd.indexer",
+    "gateway": "mailyard.store.mailbox.gateway.server",
 }
 # What a service needs from a package it may not import (the mailbox service
 # searches, but store/ must not import searchd): keyword -> "module:factory",
 # each factory called as `await factory(config, stores)`.
 SERVICE_COLLABORATORS = {
     "mailbox": {"searcher": "mailyard.searchd.searcher:open_searcher"},
+    "gateway": {"searcher": "mailyard.searchd.searcher:open_searcher"},
 }
 
 

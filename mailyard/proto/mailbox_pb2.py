@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmailyard/proto/mailbox.proto\x12\x13mailyard.mailbox.v1\"\xc7\x01\n\x0eMessageSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0c\n\x04\x66rom\x18\x03 \x01(\t\x12\n\n\x02to\x18\x04 \x03(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x0f\n\x07snippet\x18\x06 \x01(\t\x12\x13\n\x0breceived_at\x18\x07 \x01(\x03\x12\x0e\n\x06labels\x18\x08 \x03(\t\x12\x0e\n\x06unread\x18\t \x01(\x08\x12\x17\n\x0fhas_attachments\x18\n \x01(\x08\x12\x0c\n\x04size\x18\x0b \x01(\x03\"K\n\x13ListMessagesRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"|\n\x14ListMessagesResponse\x12\x35\n\x08messages\x18\x01 \x03(\x0b\x32#.mailyard.mailbox.v1.MessageSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x14\n\x0cunread_count\x18\x03 \x01(\x03\"L\n\x11GetMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1b.mailyard.mailbox.v1.Format\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"^\n\nAttachment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"\x90\x02\n\x07Message\x12\x34\n\x07summary\x18\x01 \x01(\x0b\x32#.mailyard.mailbox.v1.MessageSummary\x12,\n\x07headers\x18\x02 \x03(\x0b\x32\x1b.mailyard.mailbox.v1.Header\x12\x11\n\ttext_body\x18\x03 \x01(\t\x12\x11\n\thtml_body\x18\x04 \x01(\t\x12\x34\n\x0b\x61ttachments\x18\x05 \x03(\x0b\x32\x1f.mailyard.mailbox.v1.Attachment\x12\x0b\n\x03raw\x18\x06 \x01(\x0c\x12\x11\n\tmalformed\x18\x07 \x01(\x08\x12\n\n\x02\x63\x63\x18\x08 \x03(\t\x12\x19\n\x11rfc822_message_id\x18\t \x01(\t\"A\n\x14GetAttachmentRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x15\n\rattachment_id\x18\x02 \x01(\t\"\x1f\n\x0f\x41ttachmentChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"M\n\x13ModifyLabelsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x12\n\nadd_labels\x18\x02 \x03(\t\x12\x15\n\rremove_labels\x18\x03 \x03(\t\"M\n\x14ModifyLabelsResponse\x12\x35\n\x08messages\x18\x01 \x03(\x0b\x32#.mailyard.mailbox.v1.MessageSummary\"E\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x0eSearchResponse\x12\x35\n\x08messages\x18\x01 \x03(\x0b\x32#.mailyard.mailbox.v1.MessageSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*)\n\x06\x46ormat\x12\x08\n\x04\x46ULL\x10\x00\x12\x0c\n\x08METADATA\x10\x01\x12\x07\n\x03RAW\x10\x02\x32\xde\x03\n\x07Mailbox\x12\x63\n\x0cListMessages\x12(.mailyard.mailbox.v1.ListMessagesRequest\x1a).mailyard.mailbox.v1.ListMessagesResponse\x12R\n\nGetMessage\x12&.mailyard.mailbox.v1.GetMessageRequest\x1a\x1c.mailyard.mailbox.v1.Message\x12\x62\n\rGetAttachment\x12).mailyard.mailbox.v1.GetAttachmentRequest\x1a$.mailyard.mailbox.v1.AttachmentChunk0\x01\x12\x63\n\x0cModifyLabels\x12(.mailyard.mailbox.v1.ModifyLabelsRequest\x1a).mailyard.mailbox.v1.ModifyLabelsResponse\x12Q\n\x06Search\x12\".mailyard.mailbox.v1.SearchRequest\x1a#.mailyard.mailbox.v1.SearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmailyard/proto/mailbox.proto\x12\x13mailyard.mailbox.v1\"\xc7\x01\n\x0eMessageSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0c\n\x04\x66rom\x18\x03 \x01(\t\x12\n\n\x02to\x18\x04 \x03(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x0f\n\x07snippet\x18\x06 \x01(\t\x12\x13\n\x0breceived_at\x18\x07 \x01(\x03\x12\x0e\n\x06labels\x18\x08 \x03(\t\x12\x0e\n\x06unread\x18\t \x01(\x08\x12\x17\n\x0fhas_attachments\x18\n \x01(\x08\x12\x0c\n\x04size\x18\x0b \x01(\x03\"K\n\x13ListMessagesRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"|\n\x14ListMessagesResponse\x12\x35\n\x08messages\x18\x01 \x03(\x0b\x32#.mailyard.mailbox.v1.MessageSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x14\n\x0cunread_count\x18\x03 \x01(\x03\"L\n\x11GetMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1b.mailyard.mailbox.v1.Format\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"^\n\nAttachment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"\x90\x02\n\x07Message\x12\x34\n\x07summary\x18\x01 \x01(\x0b\x32#.mailyard.mailbox.v1.MessageSummary\x12,\n\x07headers\x18\x02 \x03(\x0b\x32\x1b.mailyard.mailbox.v1.Header\x12\x11\n\ttext_body\x18\x03 \x01(\t\x12\x11\n\thtml_body\x18\x04 \x01(\t\x12\x34\n\x0b\x61ttachments\x18\x05 \x03(\x0b\x32\x1f.mailyard.mailbox.v1.Attachment\x12\x0b\n\x03raw\x18\x06 \x01(\x0c\x12\x11\n\tmalformed\x18\x07 \x01(\x08\x12\n\n\x02\x63\x63\x18\x08 \x03(\t\x12\x19\n\x11rfc822_message_id\x18\t \x01(\t\"A\n\x14GetAttachmentRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x15\n\rattachment_id\x18\x02 \x01(\t\"\x1f\n\x0f\x41ttachmentChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"M\n\x13ModifyLabelsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x12\n\nadd_labels\x18\x02 \x03(\t\x12\x15\n\rremove_labels\x18\x03 \x03(\t\"M\n\x14ModifyLabelsResponse\x12\x35\n\x08messages\x18\x01 \x03(\x0b\x32#.mailyard.mailbox.v1.MessageSummary\"E\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x0eSearchResponse\x12\x35\n\x08messages\x18\x01 \x03(\x0b\x32#.mailyard.mailbox.v1.MessageSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x11MessageIdsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"-\n\x16\x44\x65leteMessagesResponse\x12\x13\n\x0b\x64\x65leted_ids\x18\x01 \x03(\t\"\x93\x01\n\x05Label\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x04type\x18\x02 \x01(\x0e\x32\x1f.mailyard.mailbox.v1.Label.Type\x12\x16\n\x0emessages_total\x18\x03 \x01(\x03\x12\x17\n\x0fmessages_unread\x18\x04 \x01(\x03\"\x1c\n\x04Type\x12\x08\n\x04USER\x10\x00\x12\n\n\x06SYSTEM\x10\x01\"\x13\n\x11ListLabelsRequest\"@\n\x12ListLabelsResponse\x12*\n\x06labels\x18\x01 \x03(\x0b\x32\x1a.mailyard.mailbox.v1.Label\"\"\n\x12\x43reateLabelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x12RenameLabelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08new_name\x18\x02 \x01(\t\"\"\n\x12\x44\x65leteLabelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"*\n\x13\x44\x65leteLabelResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"K\n\x06Thread\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x08messages\x18\x02 \x03(\x0b\x32#.mailyard.mailbox.v1.MessageSummary\"\x1e\n\x10GetThreadRequest\x12\n\n\x02id\x18\x01 \x01(\t\"w\n\rThreadSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x33\n\x06latest\x18\x02 \x01(\x0b\x32#.mailyard.mailbox.v1.MessageSummary\x12\x15\n\rmessage_count\x18\x03 \x01(\x05\x12\x0e\n\x06unread\x18\x04 \x01(\x08\"J\n\x12ListThreadsRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"c\n\x13ListThreadsResponse\x12\x33\n\x07threads\x18\x01 \x03(\x0b\x32\".mailyard.mailbox.v1.ThreadSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"g\n\x0c\x44raftContent\x12\n\n\x02to\x18\x01 \x03(\t\x12\n\n\x02\x63\x63\x18\x02 \x03(\t\x12\x0b\n\x03\x62\x63\x63\x18\x03 \x03(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x13\n\x0breply_to_id\x18\x06 \x01(\t\"l\n\x05\x44raft\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nupdated_at\x18\x03 \x01(\x03\x12\x32\n\x07\x63ontent\x18\x04 \x01(\x0b\x32!.mailyard.mailbox.v1.DraftContent\"H\n\x12\x43reateDraftRequest\x12\x32\n\x07\x63ontent\x18\x01 \x01(\x0b\x32!.mailyard.mailbox.v1.DraftContent\"\x1d\n\x0fGetDraftRequest\x12\n\n\x02id\x18\x01 \x01(\t\"e\n\x12UpdateDraftRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x32\n\x07\x63ontent\x18\x03 \x01(\x0b\x32!.mailyard.mailbox.v1.DraftContent\":\n\x11ListDraftsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x12ListDraftsResponse\x12*\n\x06\x64rafts\x18\x01 \x03(\x0b\x32\x1a.mailyard.mailbox.v1.Draft\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"1\n\x12\x44\x65leteDraftRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x15\n\x13\x44\x65leteDraftResponse\"/\n\x10SendDraftRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"H\n\x12SendMessageRequest\x12\x32\n\x07\x63ontent\x18\x01 \x01(\x0b\x32!.mailyard.mailbox.v1.DraftContent\"S\n\x0cSendResponse\x12\x31\n\x04sent\x18\x01 \x01(\x0b\x32#.mailyard.mailbox.v1.MessageSummary\x12\x10\n\x08queue_id\x18\x02 \x01(\t\"3\n\x13WatchMailboxRequest\x12\x12\n\x05\x61\x66ter\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\x08\n\x06_after\"\x8c\x02\n\rMailboxChange\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x35\n\x04kind\x18\x02 \x01(\x0e\x32\'.mailyard.mailbox.v1.MailboxChange.Kind\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\n\n\x02\x61t\x18\x05 \x01(\x03\x12\x34\n\x07message\x18\x06 \x01(\x0b\x32#.mailyard.mailbox.v1.MessageSummary\"L\n\x04Kind\x12\x08\n\x04SYNC\x10\x00\x12\x11\n\rMESSAGE_ADDED\x10\x01\x12\x12\n\x0eLABELS_CHANGED\x10\x02\x12\x13\n\x0fMESSAGE_DELETED\x10\x03\"6\n\x12ListChangesRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"\\\n\x13ListChangesResponse\x12\x33\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\".mailyard.mailbox.v1.MailboxChange\x12\x10\n\x08position\x18\x02 \x01(\x03*)\n\x06\x46ormat\x12\x08\n\x04\x46ULL\x10\x00\x12\x0c\n\x08METADATA\x10\x01\x12\x07\n\x03RAW\x10\x02\x32\xd6\x10\n\x07Mailbox\x12\x63\n\x0cListMessages\x12(.mailyard.mailbox.v1.ListMessagesRequest\x1a).mailyard.mailbox.v1.ListMessagesResponse\x12R\n\nGetMessage\x12&.mailyard.mailbox.v1.GetMessageRequest\x1a\x1c.mailyard.mailbox.v1.Message\x12\x62\n\rGetAttachment\x12).mailyard.mailbox.v1.GetAttachmentRequest\x1a$.mailyard.mailbox.v1.AttachmentChunk0\x01\x12\x63\n\x0cModifyLabels\x12(.mailyard.mailbox.v1.ModifyLabelsRequest\x1a).mailyard.mailbox.v1.ModifyLabelsResponse\x12Q\n\x06Search\x12\".mailyard.mailbox.v1.SearchRequest\x1a#.mailyard.mailbox.v1.SearchResponse\x12\x62\n\rTrashMessages\x12&.mailyard.mailbox.v1.MessageIdsRequest\x1a).mailyard.mailbox.v1.ModifyLabelsResponse\x12\x64\n\x0fUntrashMessages\x12&.mailyard.mailbox.v1.MessageIdsRequest\x1a).mailyard.mailbox.v1.ModifyLabelsResponse\x12\x65\n\x0e\x44\x65leteMessages\x12&.mailyard.mailbox.v1.MessageIdsRequest\x1a+.mailyard.mailbox.v1.DeleteMessagesResponse\x12]\n\nListLabels\x12&.mailyard.mailbox.v1.ListLabelsRequest\x1a\'.mailyard.mailbox.v1.ListLabelsResponse\x12R\n\x0b\x43reateLabel\x12\'.mailyard.mailbox.v1.CreateLabelRequest\x1a\x1a.mailyard.mailbox.v1.Label\x12R\n\x0bRenameLabel\x12\'.mailyard.mailbox.v1.RenameLabelRequest\x1a\x1a.mailyard.mailbox.v1.Label\x12`\n\x0b\x44\x65leteLabel\x12\'.mailyard.mailbox.v1.DeleteLabelRequest\x1a(.mailyard.mailbox.v1.DeleteLabelResponse\x12O\n\tGetThread\x12%.mailyard.mailbox.v1.GetThreadRequest\x1a\x1b.mailyard.mailbox.v1.Thread\x12`\n\x0bListThreads\x12\'.mailyard.mailbox.v1.ListThreadsRequest\x1a(.mailyard.mailbox.v1.ListThreadsResponse\x12R\n\x0b\x43reateDraft\x12\'.mailyard.mailbox.v1.CreateDraftRequest\x1a\x1a.mailyard.mailbox.v1.Draft\x12L\n\x08GetDraft\x12$.mailyard.mailbox.v1.GetDraftRequest\x1a\x1a.mailyard.mailbox.v1.Draft\x12R\n\x0bUpdateDraft\x12\'.mailyard.mailbox.v1.UpdateDraftRequest\x1a\x1a.mailyard.mailbox.v1.Draft\x12]\n\nListDrafts\x12&.mailyard.mailbox.v1.ListDraftsRequest\x1a\'.mailyard.mailbox.v1.ListDraftsResponse\x12`\n\x0b\x44\x65leteDraft\x12\'.mailyard.mailbox.v1.DeleteDraftRequest\x1a(.mailyard.mailbox.v1.DeleteDraftResponse\x12U\n\tSendDraft\x12%.mailyard.mailbox.v1.SendDraftRequest\x1a!.mailyard.mailbox.v1.SendResponse\x12Y\n\x0bSendMessage\x12\'.mailyard.mailbox.v1.SendMessageRequest\x1a!.mailyard.mailbox.v1.SendResponse\x12^\n\x0cWatchMailbox\x12(.mailyard.mailbox.v1.WatchMailboxRequest\x1a\".mailyard.mailbox.v1.MailboxChange0\x01\x12`\n\x0bListChanges\x12\'.mailyard.mailbox.v1.ListChangesRequest\x1a(.mailyard.mailbox.v1.ListChangesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mailyard.proto.mailbox_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FORMAT']._serialized_start=1373
-  _globals['_FORMAT']._serialized_end=1414
+  _globals['_FORMAT']._serialized_start=3598
+  _globals['_FORMAT']._serialized_end=3639
   _globals['_MESSAGESUMMARY']._serialized_start=54
   _globals['_MESSAGESUMMARY']._serialized_end=253
   _globals['_LISTMESSAGESREQUEST']._serialized_start=255
@@ -59,6 +59,70 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHREQUEST']._serialized_end=1273
   _globals['_SEARCHRESPONSE']._serialized_start=1275
   _globals['_SEARCHRESPONSE']._serialized_end=1371
-  _globals['_MAILBOX']._serialized_start=1417
-  _globals['_MAILBOX']._serialized_end=1895
+  _globals['_MESSAGEIDSREQUEST']._serialized_start=1373
+  _globals['_MESSAGEIDSREQUEST']._serialized_end=1405
+  _globals['_DELETEMESSAGESRESPONSE']._serialized_start=1407
+  _globals['_DELETEMESSAGESRESPONSE']._serialized_end=1452
+  _globals['_LABEL']._serialized_start=1455
+  _globals['_LABEL']._serialized_end=1602
+  _globals['_LABEL_TYPE']._serialized_start=1574
+  _globals['_LABEL_TYPE']._serialized_end=1602
+  _globals['_LISTLABELSREQUEST']._serialized_start=1604
+  _globals['_LISTLABELSREQUEST']._serialized_end=1623
+  _globals['_LISTLABELSRESPONSE']._serialized_start=1625
+  _globals['_LISTLABELSRESPONSE']._serialized_end=1689
+  _globals['_CREATELABELREQUEST']._serialized_start=1691
+  _globals['_CREATELABELREQUEST']._serialized_end=1725
+  _globals['_RENAMELABELREQUEST']._serialized_start=1727
+  _globals['_RENAMELABELREQUEST']._serialized_end=1779
+  _globals['_DELETELABELREQUEST']._serialized_start=1781
+  _globals['_DELETELABELREQUEST']._serialized_end=1815
+  _globals['_DELETELABELRESPONSE']._serialized_start=1817
+  _globals['_DELETELABELRESPONSE']._serialized_end=1859
+  _globals['_THREAD']._serialized_start=1861
+  _globals['_THREAD']._serialized_end=1936
+  _globals['_GETTHREADREQUEST']._serialized_start=1938
+  _globals['_GETTHREADREQUEST']._serialized_end=1968
+  _globals['_THREADSUMMARY']._serialized_start=1970
+  _globals['_THREADSUMMARY']._serialized_end=2089
+  _globals['_LISTTHREADSREQUEST']._serialized_start=2091
+  _globals['_LISTTHREADSREQUEST']._serialized_end=2165
+  _globals['_LISTTHREADSRESPONSE']._serialized_start=2167
+  _globals['_LISTTHREADSRESPONSE']._serialized_end=2266
+  _globals['_DRAFTCONTENT']._serialized_start=2268
+  _globals['_DRAFTCONTENT']._serialized_end=2371
+  _globals['_DRAFT']._serialized_start=2373
+  _globals['_DRAFT']._serialized_end=2481
+  _globals['_CREATEDRAFTREQUEST']._serialized_start=2483
+  _globals['_CREATEDRAFTREQUEST']._serialized_end=2555
+  _globals['_GETDRAFTREQUEST']._serialized_start=2557
+  _globals['_GETDRAFTREQUEST']._serialized_end=2586
+  _globals['_UPDATEDRAFTREQUEST']._serialized_start=2588
+  _globals['_UPDATEDRAFTREQUEST']._serialized_end=2689
+  _globals['_LISTDRAFTSREQUEST']._serialized_start=2691
+  _globals['_LISTDRAFTSREQUEST']._serialized_end=2749
+  _globals['_LISTDRAFTSRESPONSE']._serialized_start=2751
+  _globals['_LISTDRAFTSRESPONSE']._serialized_end=2840
+  _globals['_DELETEDRAFTREQUEST']._serialized_start=2842
+  _globals['_DELETEDRAFTREQUEST']._serialized_end=2891
+  _globals['_DELETEDRAFTRESPONSE']._serialized_start=2893
+  _globals['_DELETEDRAFTRESPONSE']._serialized_end=2914
+  _globals['_SENDDRAFTREQUEST']._serialized_start=2916
+  _globals['_SENDDRAFTREQUEST']._serialized_end=2963
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=2965
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=3037
+  _globals['_SENDRESPONSE']._serialized_start=3039
+  _globals['_SENDRESPONSE']._serialized_end=3122
+  _globals['_WATCHMAILBOXREQUEST']._serialized_start=3124
+  _globals['_WATCHMAILBOXREQUEST']._serialized_end=3175
+  _globals['_MAILBOXCHANGE']._serialized_start=3178
+  _globals['_MAILBOXCHANGE']._serialized_end=3446
+  _globals['_MAILBOXCHANGE_KIND']._serialized_start=3370
+  _globals['_MAILBOXCHANGE_KIND']._serialized_end=3446
+  _globals['_LISTCHANGESREQUEST']._serialized_start=3448
+  _globals['_LISTCHANGESREQUEST']._serialized_end=3502
+  _globals['_LISTCHANGESRESPONSE']._serialized_start=3504
+  _globals['_LISTCHANGESRESPONSE']._serialized_end=3596
+  _globals['_MAILBOX']._serialized_start=3642
+  _globals['_MAILBOX']._serialized_end=5776
 # @@protoc_insertion_point(module_scope)

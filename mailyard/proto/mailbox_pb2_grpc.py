@@ -59,6 +59,96 @@ class MailboxStub:
                 request_serializer=mailyard_dot_proto_dot_mailbox__pb2.SearchRequest.SerializeToString,
                 response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.TrashMessages = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/TrashMessages',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.MessageIdsRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.ModifyLabelsResponse.FromString,
+                _registered_method=True)
+        self.UntrashMessages = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/UntrashMessages',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.MessageIdsRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.ModifyLabelsResponse.FromString,
+                _registered_method=True)
+        self.DeleteMessages = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/DeleteMessages',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.MessageIdsRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.DeleteMessagesResponse.FromString,
+                _registered_method=True)
+        self.ListLabels = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/ListLabels',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.ListLabelsRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.ListLabelsResponse.FromString,
+                _registered_method=True)
+        self.CreateLabel = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/CreateLabel',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.CreateLabelRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.Label.FromString,
+                _registered_method=True)
+        self.RenameLabel = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/RenameLabel',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.RenameLabelRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.Label.FromString,
+                _registered_method=True)
+        self.DeleteLabel = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/DeleteLabel',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.DeleteLabelRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.DeleteLabelResponse.FromString,
+                _registered_method=True)
+        self.GetThread = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/GetThread',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.GetThreadRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.Thread.FromString,
+                _registered_method=True)
+        self.ListThreads = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/ListThreads',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.ListThreadsRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.ListThreadsResponse.FromString,
+                _registered_method=True)
+        self.CreateDraft = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/CreateDraft',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.CreateDraftRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.Draft.FromString,
+                _registered_method=True)
+        self.GetDraft = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/GetDraft',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.GetDraftRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.Draft.FromString,
+                _registered_method=True)
+        self.UpdateDraft = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/UpdateDraft',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.UpdateDraftRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.Draft.FromString,
+                _registered_method=True)
+        self.ListDrafts = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/ListDrafts',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.ListDraftsRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.ListDraftsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDraft = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/DeleteDraft',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.DeleteDraftRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.DeleteDraftResponse.FromString,
+                _registered_method=True)
+        self.SendDraft = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/SendDraft',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.SendDraftRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.SendResponse.FromString,
+                _registered_method=True)
+        self.SendMessage = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/SendMessage',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.SendMessageRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.SendResponse.FromString,
+                _registered_method=True)
+        self.WatchMailbox = channel.unary_stream(
+                '/mailyard.mailbox.v1.Mailbox/WatchMailbox',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.WatchMailboxRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.MailboxChange.FromString,
+                _registered_method=True)
+        self.ListChanges = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/ListChanges',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.ListChangesRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.ListChangesResponse.FromString,
+                _registered_method=True)
 
 
 class MailboxServicer:
@@ -100,6 +190,130 @@ class MailboxServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrashMessages(self, request, context):
+        """Trash: adds TRASH and removes INBOX; untrash removes TRASH and puts
+        received mail back in INBOX (sent copies stay out of it). Delete is for
+        good. Each takes many ids; ids that are not the caller's are skipped, and
+        when none is, the answer is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UntrashMessages(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteMessages(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLabels(self, request, context):
+        """System labels (INBOX, SENT, ...) and the caller's own, with counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateLabel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenameLabel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteLabel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetThread(self, request, context):
+        """Conversations: a thread's messages oldest first; threads under a label,
+        the one with the newest message first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListThreads(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateDraft(self, request, context):
+        """Drafts. UpdateDraft and DeleteDraft name the version they change; when
+        another device wrote since, the answer is ABORTED and nothing changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDraft(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateDraft(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDrafts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDraft(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendDraft(self, request, context):
+        """Stores the message as the sender's SENT copy, queues it for its local
+        recipients, and deletes the draft. Remote recipients: FAILED_PRECONDITION
+        until outbound delivery exists.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendMessage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchMailbox(self, request, context):
+        """The caller's mailbox changes (new message, labels changed, deleted) as
+        they happen, each with its position; reconnect with `after` set to the
+        last position seen to miss nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChanges(self, request, context):
+        """The same changes, one page at a time (for clients that poll).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MailboxServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +341,96 @@ def add_MailboxServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.SearchRequest.FromString,
                     response_serializer=mailyard_dot_proto_dot_mailbox__pb2.SearchResponse.SerializeToString,
+            ),
+            'TrashMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrashMessages,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.MessageIdsRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.ModifyLabelsResponse.SerializeToString,
+            ),
+            'UntrashMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.UntrashMessages,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.MessageIdsRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.ModifyLabelsResponse.SerializeToString,
+            ),
+            'DeleteMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMessages,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.MessageIdsRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.DeleteMessagesResponse.SerializeToString,
+            ),
+            'ListLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLabels,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.ListLabelsRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.ListLabelsResponse.SerializeToString,
+            ),
+            'CreateLabel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateLabel,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.CreateLabelRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.Label.SerializeToString,
+            ),
+            'RenameLabel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenameLabel,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.RenameLabelRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.Label.SerializeToString,
+            ),
+            'DeleteLabel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteLabel,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.DeleteLabelRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.DeleteLabelResponse.SerializeToString,
+            ),
+            'GetThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThread,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.GetThreadRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.Thread.SerializeToString,
+            ),
+            'ListThreads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListThreads,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.ListThreadsRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.ListThreadsResponse.SerializeToString,
+            ),
+            'CreateDraft': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDraft,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.CreateDraftRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.Draft.SerializeToString,
+            ),
+            'GetDraft': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDraft,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.GetDraftRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.Draft.SerializeToString,
+            ),
+            'UpdateDraft': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDraft,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.UpdateDraftRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.Draft.SerializeToString,
+            ),
+            'ListDrafts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDrafts,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.ListDraftsRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.ListDraftsResponse.SerializeToString,
+            ),
+            'DeleteDraft': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDraft,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.DeleteDraftRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.DeleteDraftResponse.SerializeToString,
+            ),
+            'SendDraft': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendDraft,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.SendDraftRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.SendResponse.SerializeToString,
+            ),
+            'SendMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendMessage,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.SendMessageRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.SendResponse.SerializeToString,
+            ),
+            'WatchMailbox': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchMailbox,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.WatchMailboxRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.MailboxChange.SerializeToString,
+            ),
+            'ListChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChanges,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.ListChangesRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.ListChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +568,492 @@ class Mailbox:
             '/mailyard.mailbox.v1.Mailbox/Search',
             mailyard_dot_proto_dot_mailbox__pb2.SearchRequest.SerializeToString,
             mailyard_dot_proto_dot_mailbox__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrashMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/TrashMessages',
+            mailyard_dot_proto_dot_mailbox__pb2.MessageIdsRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.ModifyLabelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UntrashMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/UntrashMessages',
+            mailyard_dot_proto_dot_mailbox__pb2.MessageIdsRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.ModifyLabelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/DeleteMessages',
+            mailyard_dot_proto_dot_mailbox__pb2.MessageIdsRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.DeleteMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/ListLabels',
+            mailyard_dot_proto_dot_mailbox__pb2.ListLabelsRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.ListLabelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateLabel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/CreateLabel',
+            mailyard_dot_proto_dot_mailbox__pb2.CreateLabelRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.Label.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenameLabel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/RenameLabel',
+            mailyard_dot_proto_dot_mailbox__pb2.RenameLabelRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.Label.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteLabel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/DeleteLabel',
+            mailyard_dot_proto_dot_mailbox__pb2.DeleteLabelRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.DeleteLabelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/GetThread',
+            mailyard_dot_proto_dot_mailbox__pb2.GetThreadRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.Thread.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListThreads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/ListThreads',
+            mailyard_dot_proto_dot_mailbox__pb2.ListThreadsRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.ListThreadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDraft(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/CreateDraft',
+            mailyard_dot_proto_dot_mailbox__pb2.CreateDraftRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.Draft.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDraft(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/GetDraft',
+            mailyard_dot_proto_dot_mailbox__pb2.GetDraftRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.Draft.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDraft(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/UpdateDraft',
+            mailyard_dot_proto_dot_mailbox__pb2.UpdateDraftRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.Draft.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDrafts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/ListDrafts',
+            mailyard_dot_proto_dot_mailbox__pb2.ListDraftsRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.ListDraftsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDraft(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/DeleteDraft',
+            mailyard_dot_proto_dot_mailbox__pb2.DeleteDraftRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.DeleteDraftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendDraft(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/SendDraft',
+            mailyard_dot_proto_dot_mailbox__pb2.SendDraftRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.SendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/SendMessage',
+            mailyard_dot_proto_dot_mailbox__pb2.SendMessageRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.SendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchMailbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/WatchMailbox',
+            mailyard_dot_proto_dot_mailbox__pb2.WatchMailboxRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.MailboxChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/ListChanges',
+            mailyard_dot_proto_dot_mailbox__pb2.ListChangesRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.ListChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,3 +7,11 @@ class StorageError(Exception):
 
 class NotFound(StorageError):
     """The key, message or user does not exist (or is not the caller's)."""
+
+
+class AlreadyExists(Exception):
+    """The label or draft being created exists already."""
+
+
+class VersionConflict(Exception):
+    """A conditional write found another version than the one it expected."""

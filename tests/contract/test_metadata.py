@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from mailyard.store.errors import StorageError
-from mailyard.store.metadata.base import AttachmentRef, MessageRecord, MetadataStore, User
+from mailyard.store.errors import AlreadyExists, NotFound, StorageError, VersionConflict
+from mailyard.store.metadata.base import (CHANGE_ADDED, CHANGE_DELETED, CHANGE_LABELS,
+                                          AttachmentRef, Draft, MessageRecord, MetadataStore,
+                                          User)
 from mailyard.store.metadata.sqlite import SqliteMetadataStore
 
 from .conftest_ports import MetadataFactory
@@ -465,3 +467,188 @@ async def test_sqlite_two_processes_write_at_once(tmp_path: Path):
         assert ids(newest) == [f"parent-{written - 1:04}"]
     finally:
         await store.close()
+
+
+# --- delete ------------------------------------------------------------
+
+async def test_delete_messages_removes_record_listings_and_blob_links(metadata: MetadataStore):
+    user, other = new_user(), new_user()
+    keep, gone = message(user, T0), message(user, T0 + 1, labels={"INBOX", "UNREAD", "STARRED"})
+    foreign = message(other, T0 + 2)
+    await put_all(metadata, [keep, gone, foreign])
+    key = "sha256/" + uuid.uuid4().hex * 2
+    await metadata.link_blobs(f"{user}/{gone.message_id}", [key])
+    await metadata.link_blobs(f"{user}/{keep.message_id}", [key])
+    deleted = await metadata.delete_messages(
+        user, [gone.message_id, foreign.message_id, "missing", gone.message_id])
+    assert ids(deleted) == [gone.message_id]
+    assert await metadata.get_message(user, gone.message_id) is None
+    assert ids(await metadata.list_messages(user, "INBOX", 10)) == [keep.message_id]
+    assert await metadata.list_messages(user, "STARRED", 10) == []
+    assert await metadata.count_messages(user, "UNREAD") == 1
+    assert await metadata.blob_owners(key) == [f"{user}/{keep.message_id}"]
+    assert await metadata.get_message(other, foreign.message_id) is not None
+    assert await metadata.delete_messages(user, [gone.message_id]) == []
+
+
+# --- threads -----------------------------------------------------------
+
+async def test_list_thread_is_oldest_first_and_per_user(metadata: MetadataStore):
+    user, other = new_user(), new_user()
+    thread = uuid.uuid4().hex
+    records = [message(user, T0 + i, thread_id=thread) for i in (2, 0, 1)]
+    await put_all(metadata, records + [message(user, T0 + 5), message(other, T0, thread_id=thread)])
+    assert ids(await metadata.list_thread(user, thread)) == ids(
+        sorted(records, key=lambda r: r.received_at_ms))
+    assert await metadata.list_thread(new_user(), thread) == []
+
+
+async def test_find_thread_by_subject_normalizes_and_respects_the_window(metadata: MetadataStore):
+    user, other = new_user(), new_user()
+    first = message(user, T0, subject="Quarterly   Plan")
+    later = message(user, T0 + 100, subject="RE: Fwd: quarterly plan")
+    await put_all(metadata, [first, message(other, T0 + 200, subject="quarterly plan",
+                                            thread_id="other-thread")])
+    assert await metadata.find_thread_by_subject(user, "Re: Quarterly Plan", T0) == first.thread_id
+    assert await metadata.find_thread_by_subject(user, "Re: quarterly plan", T0 + 1) is None
+    assert await metadata.find_thread_by_subject(user, "Re: something else", 0) is None
+    assert await metadata.find_thread_by_subject(user, "Re: ", 0) is None
+    assert await metadata.put_message(later)
+    assert await metadata.find_thread_by_subject(user, "quarterly plan", T0 + 50) == later.thread_id
+
+
+# --- user labels -------------------------------------------------------
+
+async def test_labels_create_list_and_isolation(metadata: MetadataStore):
+    user, other = new_user(), new_user()
+    assert await metadata.list_labels(user) == []
+    assert await metadata.create_label(user, "Work")
+    assert await metadata.create_label(user, "Travel/2024")
+    assert not await metadata.create_label(user, "Work")
+    assert await metadata.create_label(user, "work")  # case-sensitive, like every label
+    assert await metadata.list_labels(user) == ["Travel/2024", "Work", "work"]
+    assert await metadata.list_labels(other) == []
+
+
+async def test_rename_label_moves_messages_and_refuses_clashes(metadata: MetadataStore):
+    user = new_user()
+    await metadata.create_label(user, "Work")
+    await metadata.create_label(user, "Home")
+    tagged = message(user, T0, labels={"INBOX", "Work"})
+    plain_one = message(user, T0 + 1)
+    await put_all(metadata, [tagged, plain_one])
+    assert await metadata.rename_label(user, "Work", "Office") == [tagged.message_id]
+    assert await metadata.list_labels(user) == ["Home", "Office"]
+    assert (await metadata.get_message(user, tagged.message_id)).labels == {"INBOX", "Office"}
+    assert ids(await metadata.list_messages(user, "Office", 10)) == [tagged.message_id]
+    assert await metadata.list_messages(user, "Work", 10) == []
+    with pytest.raises(AlreadyExists):
+        await metadata.rename_label(user, "Office", "Home")
+    with pytest.raises(NotFound):
+        await metadata.rename_label(user, "Work", "Other")
+    with pytest.raises(NotFound):
+        await metadata.rename_label(new_user(), "Office", "Other")
+    assert await metadata.list_labels(user) == ["Home", "Office"]
+
+
+async def test_delete_label_removes_it_from_messages(metadata: MetadataStore):
+    user = new_user()
+    await metadata.create_label(user, "Work")
+    tagged = message(user, T0, labels={"INBOX", "Work"})
+    await put_all(metadata, [tagged])
+    assert await metadata.delete_label(user, "Work") == [tagged.message_id]
+    assert await metadata.list_labels(user) == []
+    assert (await metadata.get_message(user, tagged.message_id)).labels == {"INBOX"}
+    assert await metadata.count_messages(user, "Work") == 0
+    with pytest.raises(NotFound):
+        await metadata.delete_label(user, "Work")
+
+
+# --- drafts ------------------------------------------------------------
+
+def draft(user_id: str, draft_id: str | None = None, at: int = T0, **fields) -> Draft:
+    return Draft(user_id=user_id, draft_id=draft_id or uuid.uuid4().hex, updated_at_ms=at,
+                 **fields)
+
+
+async def test_draft_versions_refuse_stale_writes(metadata_factory: MetadataFactory):
+    device_a, device_b = await metadata_factory(), await metadata_factory()
+    user = new_user()
+    created = await device_a.put_draft(draft(user, to=["x@example.test"], subject="hi"), 0)
+    assert created.version == 1
+    # The write is readable at once, from another store on the same backend too.
+    assert await device_b.get_draft(user, created.draft_id) == created
+    edit = draft(user, created.draft_id, T0 + 1, subject="hi there", body="text", bcc=["b@x.t"])
+    updated = await device_a.put_draft(edit, 1)
+    assert (updated.version, updated.subject, updated.body, updated.bcc) == (
+        2, "hi there", "text", ["b@x.t"])
+    with pytest.raises(VersionConflict):
+        await device_b.put_draft(draft(user, created.draft_id, T0 + 2, subject="stale"), 1)
+    assert (await device_b.get_draft(user, created.draft_id)).subject == "hi there"
+    with pytest.raises(AlreadyExists):
+        await device_a.put_draft(draft(user, created.draft_id), 0)
+    with pytest.raises(NotFound):
+        await device_a.put_draft(draft(user, "missing"), 3)
+
+
+async def test_drafts_list_newest_first_delete_and_isolation(metadata: MetadataStore):
+    user, other = new_user(), new_user()
+    made = [await metadata.put_draft(draft(user, at=T0 + i), 0) for i in range(5)]
+    await metadata.put_draft(draft(other, at=T0 + 10), 0)
+    listed = await metadata.list_drafts(user, 3)
+    assert [d.draft_id for d in listed] == [d.draft_id for d in reversed(made)][:3]
+    rest = await metadata.list_drafts(user, 10, (listed[-1].updated_at_ms, listed[-1].draft_id))
+    assert [d.draft_id for d in rest] == [made[1].draft_id, made[0].draft_id]
+    assert await metadata.get_draft(other, made[0].draft_id) is None
+    assert not await metadata.delete_draft(other, made[0].draft_id)
+    with pytest.raises(VersionConflict):
+        await metadata.delete_draft(user, made[0].draft_id, expected_version=2)
+    assert await metadata.delete_draft(user, made[0].draft_id, expected_version=1)
+    assert not await metadata.delete_draft(user, made[0].draft_id)
+    assert await metadata.get_draft(user, made[0].draft_id) is None
+
+
+# --- change log --------------------------------------------------------
+
+async def test_change_log_records_every_change_in_order(metadata: MetadataStore):
+    user, other = new_user(), new_user()
+    assert await metadata.last_change(user) == 0
+    first, second = message(user, T0), message(user, T0 + 1)
+    await put_all(metadata, [first, second, message(other, T0)])
+    assert not await metadata.put_message(first)  # a replay is no change
+    await metadata.modify_labels(user, [first.message_id], {"STARRED"}, {"UNREAD"})
+    await metadata.modify_labels(user, [first.message_id], {"STARRED"}, set())  # no-op
+    await metadata.create_label(user, "Work")
+    await metadata.modify_labels(user, [second.message_id], {"Work"}, set())
+    await metadata.rename_label(user, "Work", "Office")
+    await metadata.delete_messages(user, [second.message_id])
+    changes = await metadata.list_changes(user, 0, 100)
+    assert [(c.seq, c.kind, c.message_id) for c in changes] == [
+        (1, CHANGE_ADDED, first.message_id), (2, CHANGE_ADDED, second.message_id),
+        (3, CHANGE_LABELS, first.message_id), (4, CHANGE_LABELS, second.message_id),
+        (5, CHANGE_LABELS, second.message_id), (6, CHANGE_DELETED, second.message_id)]
+    assert changes[2].labels == ["INBOX", "STARRED"]
+    assert changes[4].labels == ["INBOX", "Office", "UNREAD"]
+    assert await metadata.last_change(user) == 6
+    assert [c.seq for c in await metadata.list_changes(user, 4, 1)] == [5]
+    assert await metadata.list_changes(user, 6, 10) == []
+    assert [c.seq for c in await metadata.list_changes(other, 0, 10)] == [1]
+
+
+async def test_change_signal_wakes_a_watcher_after_the_write(metadata: MetadataStore):
+    user = new_user()
+    event = metadata.changes.subscribe(user)
+    try:
+        assert not event.is_set()
+        await metadata.put_message(message(user, T0))
+        await asyncio.wait_for(event.wait(), 1)
+    finally:
+        metadata.changes.unsubscribe(user, event)
+
+
+async def test_change_log_seq_is_gapless_across_stores(metadata_factory: MetadataFactory):
+    stores = [await metadata_factory() for _ in range(3)]
+    user = new_user()
+    await asyncio.gather(*(s.put_message(message(user, T0 + i)) for i, s in
+                           enumerate(stores * 10)))
+    assert [c.seq for c in await stores[0].list_changes(user, 0, 100)] == list(range(1, 31))

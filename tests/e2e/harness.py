@@ -27,6 +27,8 @@ hostname = "mx.mailyard.test"
 listen = "127.0.0.1:0"
 [mailbox]
 listen = "127.0.0.1:0"
+[gateway]
+listen = "127.0.0.1:0"
 [queue]
 member_ttl = {member_ttl}
 poll_interval = 0.1
@@ -243,7 +245,34 @@ class Client:
                 return messages
             time.sleep(0.2)
 
+    def call(self, method: str, request, timeout: float = 10):
+        """Any unary RPC by name: client.call("CreateLabel", CreateLabelRequest(name="x"))."""
+        return getattr(self.stub, method)(request, metadata=self.metadata, timeout=timeout)
+
     def close(self) -> None:
         self.channel.close()
+
+
+class Rest:
+    """An HTTP client of the REST gateway acting for one user (bearer token)."""
+
+    def __init__(self, address: tuple[str, int], token: str | None):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=f"http://{address[0]}:{address[1]}", headers=headers,
+                                 timeout=10)
+
+    def request(self, method: str, path: str, **kwargs):
+        return self.http.request(method, path, **kwargs)
+
+    def get(self, path: str, **kwargs):
+        return self.http.get(path, **kwargs)
+
+    def post(self, path: str, json=None, **kwargs):
+        return self.http.post(path, json=json, **kwargs)
+
+    def close(self) -> None:
+        self.http.close()
 
 

@@ -1,8 +1,12 @@
 """The gRPC mailbox service (package mailyard.mailbox.v1, service Mailbox).
 
-Every call is authenticated with a bearer JWT and acts only on the caller's own
-mailbox: an id that is not the caller's answers NOT_FOUND, exactly like one
-that does not exist.
+Every call is authenticated with a bearer JWT, charged to the caller's quota
+(ratelimit.py), and acts only on the caller's own mailbox: an id that is not
+the caller's answers NOT_FOUND, exactly like one that does not exist.
+
+This module is the thin gRPC surface; each concern lives in its own module
+(trash, labels, threads, drafts, watch, search), and the REST gateway
+(gateway/) calls these same methods.
 """
 from __future__ import annotations
 
@@ -10,8 +14,6 @@ import asyncio
 import email.header
 import email.parser
 import email.policy
-import re
-import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,23 +21,30 @@ from grpc_reflection.v1alpha import reflection
 
 from mailyard.policy.config import Config, parse_listen
 from mailyard.policy.logs import EventLog
-from mailyard.proto import events_pb2, mailbox_pb2, mailbox_pb2_grpc
+from mailyard.proto import mailbox_pb2, mailbox_pb2_grpc
 from mailyard.store.blobs.base import BlobStore
 from mailyard.store.errors import StorageError
 from mailyard.store.mailbox.auth import AuthError, TokenVerifier
+from mailyard.store.mailbox.drafts import DraftsHandler
 from mailyard.store.mailbox.inbox_cache import INBOX, InboxCache, to_summary
+from mailyard.store.mailbox.index_events import INDEX_TOPIC, LABELS_CHANGED, announce
+from mailyard.store.mailbox.labels import LABEL_NAME, LabelsHandler, user_label_problem
 from mailyard.store.mailbox.page_tokens import BadPageToken, PageTokens, load_secret
+from mailyard.store.mailbox.ratelimit import Quota, QuotaExceeded
 from mailyard.store.mailbox.search import CircuitBreaker, Searcher, SearchHandler
+from mailyard.store.mailbox.threads import ThreadsHandler
+from mailyard.store.mailbox.trash import TrashHandler
+from mailyard.store.mailbox.watch import WatchHandler
+from mailyard.store.metadata.base import SYSTEM_LABELS
 from mailyard.store.metadata.base import MessageRecord, MetadataStore
 from mailyard.store.mime import decode_part, summarize
 from mailyard.store.queue.base import Queue
 from mailyard.store.raw import load_raw  # noqa: F401  (also imported from here)
 
 SERVICE_NAME = "mailyard.mailbox.v1.Mailbox"
-INDEX_TOPIC = "mail.index"
 DEFAULT_PAGE_SIZE = 50
-# Gmail-like label names: printable, no leading/trailing space, bounded length.
-_LABEL = re.compile(r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]{0,223}[^\x00-\x1f\x7f\s])?$")
+_LABEL = LABEL_NAME
+__all__ = ["INDEX_TOPIC", "MailboxService", "serve"]
 
 
 def header_list(raw: bytes) -> list[mailbox_pb2.Header]:
@@ -70,15 +79,34 @@ class MailboxService(mailbox_pb2_grpc.MailboxServicer):
             CircuitBreaker(config.search.breaker_failures, config.search.breaker_reset,
                            config.search.timeout),
             config.mailbox.max_page_size, DEFAULT_PAGE_SIZE)
+        self.quota = Quota(cache, config.mailbox.quota_units, config.mailbox.quota_window,
+                           self.log)
+        self.stopping = asyncio.Event()  # set at shutdown: open watch streams end
+        self.trash = TrashHandler(metadata, queue, self.inbox)
+        self.labels = LabelsHandler(metadata, queue, self.inbox)
+        self.threads = ThreadsHandler(metadata, self.tokens, config.mailbox.max_page_size,
+                                      DEFAULT_PAGE_SIZE)
+        self.drafts = DraftsHandler(config, metadata, blobs, queue, self.tokens, self.inbox,
+                                    self.log, DEFAULT_PAGE_SIZE)
+        self.watch = WatchHandler(metadata, config.mailbox.watch_poll_interval, self.stopping,
+                                  config.mailbox.max_page_size)
 
-    async def _user(self, context: grpc.aio.ServicerContext) -> str:
+    async def _user(self, context: grpc.aio.ServicerContext, method: str = "") -> str:
+        """The caller, authenticated and charged for `method`."""
         authorization = dict(context.invocation_metadata()).get("authorization")
         try:
             if self.verifier.blocking:
-                return await asyncio.to_thread(self.verifier.verify, authorization)
-            return self.verifier.verify(authorization)
+                user = await asyncio.to_thread(self.verifier.verify, authorization)
+            else:
+                user = self.verifier.verify(authorization)
         except AuthError as exc:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        try:
+            await self.quota.charge(user, method)
+        except QuotaExceeded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc),
+                                trailing_metadata=exc.status_details())
+        return user
 
     async def _record(self, user: str, message_id: str, context) -> MessageRecord:
         record = await self.metadata.get_message(user, message_id) if message_id else None
@@ -87,7 +115,7 @@ class MailboxService(mailbox_pb2_grpc.MailboxServicer):
         return record
 
     async def ListMessages(self, request, context):
-        user = await self._user(context)
+        user = await self._user(context, "ListMessages")
         label = request.label or INBOX
         if not _LABEL.match(label):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid label {label!r}")
@@ -122,7 +150,7 @@ class MailboxService(mailbox_pb2_grpc.MailboxServicer):
                                                 unread_count=head.unread_count)
 
     async def GetMessage(self, request, context):
-        user = await self._user(context)
+        user = await self._user(context, "GetMessage")
         async with _storage_errors_as_unavailable(context):
             record = await self._record(user, request.id, context)
             raw = await load_raw(self.blobs, record.skeleton_key)
@@ -144,7 +172,7 @@ class MailboxService(mailbox_pb2_grpc.MailboxServicer):
         return message
 
     async def GetAttachment(self, request, context):
-        user = await self._user(context)
+        user = await self._user(context, "GetAttachment")
         async with _storage_errors_as_unavailable(context):
             record = await self._record(user, request.message_id, context)
             attachment = next((a for a in record.attachments if a.id == request.attachment_id), None)
@@ -158,29 +186,97 @@ class MailboxService(mailbox_pb2_grpc.MailboxServicer):
             yield mailbox_pb2.AttachmentChunk(data=data[start:start + chunk])
 
     async def ModifyLabels(self, request, context):
-        user = await self._user(context)
+        user = await self._user(context, "ModifyLabels")
         if not request.ids:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ids must not be empty")
-        for label in (*request.add_labels, *request.remove_labels):
+        for label in request.remove_labels:
             if not _LABEL.match(label):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid label {label!r}")
+        for label in request.add_labels:  # a user label is created on first use
+            problem = None if label in SYSTEM_LABELS else user_label_problem(label)
+            if problem:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         async with _storage_errors_as_unavailable(context):
             records = await self.metadata.modify_labels(
                 user, list(request.ids), set(request.add_labels), set(request.remove_labels))
             if not records:
                 await context.abort(grpc.StatusCode.NOT_FOUND, "no such messages")
+            await self.labels.ensure(user, set(request.add_labels) - set(request.remove_labels))
             await self.inbox.refresh(user)
-            for record in records:
-                event = events_pb2.IndexEvent(kind=events_pb2.IndexEvent.LABELS_CHANGED,
-                                              user_id=user, message_id=record.message_id,
-                                              at_ms=int(time.time() * 1000))
-                await self.queue.publish(INDEX_TOPIC, user.encode(), event.SerializeToString())
+            await announce(self.queue, LABELS_CHANGED, user, [r.message_id for r in records])
         return mailbox_pb2.ModifyLabelsResponse(messages=[to_summary(r) for r in records])
 
     async def Search(self, request, context):
-        user = await self._user(context)
+        user = await self._user(context, "Search")
         async with _storage_errors_as_unavailable(context):
             return await self.search(user, request, context)
+
+    async def _unary(self, method: str, handler, request, context):
+        user = await self._user(context, method)
+        async with _storage_errors_as_unavailable(context):
+            return await handler(user, request, context)
+
+    # --- trash and delete (trash.py) -----------------------------------
+    async def TrashMessages(self, request, context):
+        return await self._unary("TrashMessages", self.trash.trash, request, context)
+
+    async def UntrashMessages(self, request, context):
+        return await self._unary("UntrashMessages", self.trash.untrash, request, context)
+
+    async def DeleteMessages(self, request, context):
+        return await self._unary("DeleteMessages", self.trash.delete, request, context)
+
+    # --- labels (labels.py) ----------------------------------------------
+    async def ListLabels(self, request, context):
+        return await self._unary("ListLabels", self.labels.list, request, context)
+
+    async def CreateLabel(self, request, context):
+        return await self._unary("CreateLabel", self.labels.create, request, context)
+
+    async def RenameLabel(self, request, context):
+        return await self._unary("RenameLabel", self.labels.rename, request, context)
+
+    async def DeleteLabel(self, request, context):
+        return await self._unary("DeleteLabel", self.labels.delete, request, context)
+
+    # --- threads (threads.py) --------------------------------------------
+    async def GetThread(self, request, context):
+        return await self._unary("GetThread", self.threads.get, request, context)
+
+    async def ListThreads(self, request, context):
+        return await self._unary("ListThreads", self.threads.list, request, context)
+
+    # --- drafts and sending (drafts.py) ----------------------------------
+    async def CreateDraft(self, request, context):
+        return await self._unary("CreateDraft", self.drafts.create, request, context)
+
+    async def GetDraft(self, request, context):
+        return await self._unary("GetDraft", self.drafts.get, request, context)
+
+    async def UpdateDraft(self, request, context):
+        return await self._unary("UpdateDraft", self.drafts.update, request, context)
+
+    async def ListDrafts(self, request, context):
+        return await self._unary("ListDrafts", self.drafts.list, request, context)
+
+    async def DeleteDraft(self, request, context):
+        return await self._unary("DeleteDraft", self.drafts.delete, request, context)
+
+    async def SendDraft(self, request, context):
+        return await self._unary("SendDraft", self.drafts.send_draft, request, context)
+
+    async def SendMessage(self, request, context):
+        return await self._unary("SendMessage", self.drafts.send_message, request, context)
+
+    # --- changes (watch.py) ----------------------------------------------
+    async def WatchMailbox(self, request, context):
+        user = await self._user(context, "WatchMailbox")
+        async with _storage_errors_as_unavailable(context):
+            async for change in self.watch.watch(user, request, context):
+                yield change
+
+    async def ListChanges(self, request, context):
+        return await self._unary("ListChanges", self.watch.list, request, context)
 
 
 class _storage_errors_as_unavailable:
@@ -218,6 +314,7 @@ async def serve(config: Config, stores, stop: asyncio.Event, ready=None,
     if ready:
         ready((host, bound))
     await stop.wait()
+    service.stopping.set()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=5)
     log.info("stopped")

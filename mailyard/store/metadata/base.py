@@ -9,6 +9,8 @@ case-sensitive.
 from __future__ import annotations
 
 import abc
+import asyncio
+import re
 from dataclasses import dataclass, field
 
 # Gmail's system labels. User labels are any other validated name.
@@ -60,12 +62,88 @@ class MessageRecord:
         return "UNREAD" in self.labels
 
 
+@dataclass(slots=True)
+class Draft:
+    """A message being written. `version` counts the writes (1 after the
+    create), so a device that edits an old copy is refused instead of
+    overwriting the newer one."""
+    user_id: str
+    draft_id: str
+    version: int = 0
+    updated_at_ms: int = 0
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)
+    subject: str = ""
+    body: str = ""                 # text/plain
+    reply_to_id: str = ""          # message_id (ours) it answers, for threading
+
+
+# What a change-log entry says happened to a message.
+CHANGE_ADDED, CHANGE_LABELS, CHANGE_DELETED = "added", "labels", "deleted"
+
+
+@dataclass(slots=True)
+class Change:
+    """One entry of a user's change log: `seq` grows by one per change of that
+    user's mailbox and is written in the same transaction as the change."""
+    seq: int
+    kind: str                      # CHANGE_ADDED, CHANGE_LABELS or CHANGE_DELETED
+    message_id: str
+    labels: list[str] = field(default_factory=list)  # as they are after the change
+    at_ms: int = 0
+
+
+_SUBJECT_PREFIX = re.compile(r"^\s*(?:(?:re|fwd?|aw|wg|sv|vs|tr|antw)\s*(?:\[\d+\])?\s*:\s*)+",
+                             re.IGNORECASE)
+
+
+def thread_subject(subject: str) -> tuple[str, bool]:
+    """The subject as threading compares it (Re:/Fwd: prefixes, case and runs
+    of spaces ignored) and whether a reply or forward prefix was there."""
+    stripped = _SUBJECT_PREFIX.sub("", subject)
+    return " ".join(stripped.lower().split()), stripped != subject
+
+
+class ChangeSignal:
+    """Wakes this process's watchers when a user's mailbox changed here.
+    Adapters call `notify` after the change is durable; other processes'
+    changes are found by the watchers' bounded poll of the change log."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, set[asyncio.Event]] = {}
+
+    def subscribe(self, user_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._events.setdefault(user_id.lower(), set()).add(event)
+        return event
+
+    def unsubscribe(self, user_id: str, event: asyncio.Event) -> None:
+        events = self._events.get(user_id.lower())
+        if events is not None:
+            events.discard(event)
+            if not events:
+                del self._events[user_id.lower()]
+
+    def notify(self, user_id: str) -> None:
+        for event in self._events.get(user_id.lower(), ()):
+            event.set()
+
+
 # A position in a newest-first listing: (received_at_ms, message_id) of the last
 # message seen; the next page starts strictly after it.
 Cursor = tuple[int, str]
 
 
 class MetadataStore(abc.ABC):
+    @property
+    def changes(self) -> ChangeSignal:
+        """In-process wake-ups for change-log readers (see ChangeSignal)."""
+        signal = self.__dict__.get("_change_signal")
+        if signal is None:
+            signal = self.__dict__["_change_signal"] = ChangeSignal()
+        return signal
+
     async def start(self) -> None:
         """Connects or creates what the adapter needs; called once before use."""
 
@@ -123,6 +201,13 @@ class MetadataStore(abc.ABC):
         ...
 
     @abc.abstractmethod
+    async def delete_messages(self, user_id: str, message_ids: list[str]) -> list[MessageRecord]:
+        """Deletes the user's messages among `message_ids` for good: the record,
+        its listings and its blob links (the blobs themselves are left to a
+        garbage collector, which frees those no owner links any more). Returns
+        the deleted records once each in the given order; other ids are skipped."""
+
+    @abc.abstractmethod
     async def modify_labels(self, user_id: str, message_ids: list[str],
                             add: set[str], remove: set[str]) -> list[MessageRecord]:
         """Applies the change to the user's messages among `message_ids` and
@@ -134,6 +219,73 @@ class MetadataStore(abc.ABC):
         """The thread of the user's message whose Message-ID is one of these, if any;
         when several match, the first of `rfc822_ids` that matches wins. The first
         message stored with a given Message-ID decides its thread."""
+
+    @abc.abstractmethod
+    async def list_thread(self, user_id: str, thread_id: str) -> list[MessageRecord]:
+        """The user's messages of one thread, oldest first (received_at_ms, then
+        message_id); empty for a thread that is not the user's."""
+
+    @abc.abstractmethod
+    async def find_thread_by_subject(self, user_id: str, subject: str,
+                                     since_ms: int) -> str | None:
+        """The thread of the user's latest message whose `thread_subject` equals
+        that of `subject` and which arrived at or after `since_ms`, if any."""
+
+    # --- user labels ---------------------------------------------------
+    @abc.abstractmethod
+    async def create_label(self, user_id: str, name: str) -> bool:
+        """Adds a user label; False when the user already has it. Names are
+        validated by the caller (case-sensitive, system names excluded)."""
+
+    @abc.abstractmethod
+    async def list_labels(self, user_id: str) -> list[str]:
+        """The user's own labels, sorted."""
+
+    @abc.abstractmethod
+    async def rename_label(self, user_id: str, old: str, new: str) -> list[str]:
+        """Renames a user label, on every message carrying it too, and returns
+        those messages' ids. Raises NotFound when the user has no label `old`
+        and AlreadyExists when they have `new`."""
+
+    @abc.abstractmethod
+    async def delete_label(self, user_id: str, name: str) -> list[str]:
+        """Deletes a user label and removes it from every message; returns
+        those messages' ids. Raises NotFound when the user has no such label."""
+
+    # --- drafts --------------------------------------------------------
+    @abc.abstractmethod
+    async def put_draft(self, draft: Draft, expected_version: int) -> Draft:
+        """Writes a draft and returns it as stored, with version
+        `expected_version + 1` and updated_at_ms as given. `expected_version`
+        0 creates it (AlreadyExists if the id is taken); otherwise the stored
+        version must equal it: VersionConflict if not, NotFound if there is no
+        such draft of the user. Durable and readable when it returns."""
+
+    @abc.abstractmethod
+    async def get_draft(self, user_id: str, draft_id: str) -> Draft | None:
+        ...
+
+    @abc.abstractmethod
+    async def list_drafts(self, user_id: str, limit: int,
+                          after: Cursor | None = None) -> list[Draft]:
+        """Most recently updated first (updated_at_ms, then draft_id, both
+        descending), starting strictly after `after`."""
+
+    @abc.abstractmethod
+    async def delete_draft(self, user_id: str, draft_id: str, expected_version: int = 0) -> bool:
+        """Deletes the draft; False when the user has no such draft. With a
+        non-zero `expected_version` the stored one must match (VersionConflict)."""
+
+    # --- change log ----------------------------------------------------
+    @abc.abstractmethod
+    async def list_changes(self, user_id: str, after: int, limit: int) -> list[Change]:
+        """The user's changes with seq > `after`, oldest first. put_message (a
+        new message), modify_labels (labels that changed), delete_messages,
+        rename_label and delete_label append them in their own transaction."""
+
+    @abc.abstractmethod
+    async def last_change(self, user_id: str) -> int:
+        """The seq of the user's latest change, 0 when there is none."""
 
     # --- blob links ----------------------------------------------------
     @abc.abstractmethod

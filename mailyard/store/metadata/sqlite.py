@@ -21,15 +21,17 @@ import functools
 import json
 import os
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from mailyard.store.errors import StorageError
-from mailyard.store.metadata.base import (AttachmentRef, Cursor, MessageRecord, MetadataStore,
-                                          User)
+from mailyard.store.errors import AlreadyExists, NotFound, StorageError, VersionConflict
+from mailyard.store.metadata.base import (CHANGE_ADDED, CHANGE_DELETED, CHANGE_LABELS,
+                                          AttachmentRef, Change, Cursor, Draft, MessageRecord,
+                                          MetadataStore, User, thread_subject)
 
 T = TypeVar("T")
 
@@ -84,6 +86,44 @@ SCHEMA = (
         rfc822_message_id TEXT NOT NULL,
         thread_id TEXT NOT NULL,
         PRIMARY KEY (user_id, rfc822_message_id)
+    ) WITHOUT ROWID""",
+    """CREATE INDEX IF NOT EXISTS messages_by_thread
+        ON messages (user_id, thread_id, received_at_ms, message_id)""",
+    # The subject fallback of threading: the latest thread of each normalized
+    # subject (see thread_subject), for replies from clients that drop References.
+    """CREATE TABLE IF NOT EXISTS thread_subjects (
+        user_id TEXT NOT NULL,
+        subject_key TEXT NOT NULL,
+        thread_id TEXT NOT NULL,
+        last_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (user_id, subject_key)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS user_labels (
+        user_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (user_id, name)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS drafts (
+        user_id TEXT NOT NULL,
+        draft_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        content_json TEXT NOT NULL,
+        PRIMARY KEY (user_id, draft_id)
+    )""",
+    """CREATE INDEX IF NOT EXISTS drafts_by_time
+        ON drafts (user_id, updated_at_ms DESC, draft_id DESC)""",
+    # Per-user change log read by WatchMailbox: seq is max+1 inside the
+    # writing transaction (IMMEDIATE, so serialized across processes).
+    """CREATE TABLE IF NOT EXISTS changes (
+        user_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        labels_json TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (user_id, seq)
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS blob_links (
         blob_key TEXT NOT NULL,
@@ -172,7 +212,10 @@ class SqliteMetadataStore(MetadataStore):
 
     # --- messages ------------------------------------------------------
     async def put_message(self, record: MessageRecord) -> bool:
-        return await self._write_call(self._put_message, record)
+        created = await self._write_call(self._put_message, record)
+        if created:
+            self.changes.notify(record.user_id)
+        return created
 
     async def get_message(self, user_id: str, message_id: str) -> MessageRecord | None:
         rows = await self._call(self._read, _SELECT + " WHERE m.user_id = ? AND m.message_id = ?",
@@ -206,13 +249,94 @@ class SqliteMetadataStore(MetadataStore):
         rows = await self._call(self._read, sql, (user_id.lower(), label))
         return rows[0][0]
 
+    async def delete_messages(self, user_id: str, message_ids: list[str]) -> list[MessageRecord]:
+        deleted = await self._write_call(self._delete_messages, user_id.lower(), message_ids)
+        self._notify(user_id, deleted)
+        return deleted
+
     async def modify_labels(self, user_id: str, message_ids: list[str],
                             add: set[str], remove: set[str]) -> list[MessageRecord]:
-        return await self._write_call(self._modify_labels, user_id.lower(), message_ids, add,
-                                      remove)
+        changed = await self._write_call(self._modify_labels, user_id.lower(), message_ids, add,
+                                         remove)
+        self._notify(user_id, changed)
+        return changed
 
     async def find_thread(self, user_id: str, rfc822_ids: list[str]) -> str | None:
         return await self._call(self._find_thread, user_id.lower(), rfc822_ids)
+
+    async def list_thread(self, user_id: str, thread_id: str) -> list[MessageRecord]:
+        rows = await self._call(self._read, _SELECT + " WHERE m.user_id = ? AND m.thread_id = ?"
+                                " ORDER BY m.received_at_ms, m.message_id",
+                                (user_id.lower(), thread_id))
+        return [_record(row) for row in rows]
+
+    async def find_thread_by_subject(self, user_id: str, subject: str,
+                                     since_ms: int) -> str | None:
+        key, _ = thread_subject(subject)
+        if not key:
+            return None
+        rows = await self._call(self._read, "SELECT thread_id FROM thread_subjects"
+                                " WHERE user_id = ? AND subject_key = ? AND last_at_ms >= ?",
+                                (user_id.lower(), key, since_ms))
+        return rows[0][0] if rows else None
+
+    # --- user labels ---------------------------------------------------
+    async def create_label(self, user_id: str, name: str) -> bool:
+        return await self._write_call(self._create_label, user_id.lower(), name)
+
+    async def list_labels(self, user_id: str) -> list[str]:
+        rows = await self._call(self._read, "SELECT name FROM user_labels WHERE user_id = ?"
+                                " ORDER BY name", (user_id.lower(),))
+        return [row[0] for row in rows]
+
+    async def rename_label(self, user_id: str, old: str, new: str) -> list[str]:
+        ids = await self._write_call(self._relabel, user_id.lower(), old, new)
+        self._notify(user_id, ids)
+        return ids
+
+    async def delete_label(self, user_id: str, name: str) -> list[str]:
+        ids = await self._write_call(self._relabel, user_id.lower(), name, None)
+        self._notify(user_id, ids)
+        return ids
+
+    # --- drafts --------------------------------------------------------
+    async def put_draft(self, draft: Draft, expected_version: int) -> Draft:
+        return await self._write_call(self._put_draft, draft, expected_version)
+
+    async def get_draft(self, user_id: str, draft_id: str) -> Draft | None:
+        rows = await self._call(self._read, _DRAFT_SELECT + " WHERE user_id = ? AND draft_id = ?",
+                                (user_id.lower(), draft_id))
+        return _draft(rows[0]) if rows else None
+
+    async def list_drafts(self, user_id: str, limit: int,
+                          after: Cursor | None = None) -> list[Draft]:
+        if limit <= 0:
+            return []
+        sql, params = _DRAFT_SELECT + " WHERE user_id = ?", [user_id.lower()]
+        if after is not None:
+            sql += " AND (updated_at_ms, draft_id) < (?, ?)"
+            params += [after[0], after[1]]
+        sql += " ORDER BY updated_at_ms DESC, draft_id DESC LIMIT ?"
+        return [_draft(row) for row in await self._call(self._read, sql, (*params, limit))]
+
+    async def delete_draft(self, user_id: str, draft_id: str, expected_version: int = 0) -> bool:
+        return await self._write_call(self._delete_draft, user_id.lower(), draft_id,
+                                      expected_version)
+
+    # --- change log ----------------------------------------------------
+    async def list_changes(self, user_id: str, after: int, limit: int) -> list[Change]:
+        if limit <= 0:
+            return []
+        rows = await self._call(self._read, "SELECT seq, kind, message_id, labels_json, at_ms"
+                                " FROM changes WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                                (user_id.lower(), after, limit))
+        return [Change(seq, kind, message_id, json.loads(labels), at_ms)
+                for seq, kind, message_id, labels, at_ms in rows]
+
+    async def last_change(self, user_id: str) -> int:
+        rows = await self._call(self._read, "SELECT max(seq) FROM changes WHERE user_id = ?",
+                                (user_id.lower(),))
+        return rows[0][0] or 0
 
     # --- blob links ----------------------------------------------------
     async def link_blobs(self, owner: str, keys: list[str]) -> None:
@@ -225,6 +349,10 @@ class SqliteMetadataStore(MetadataStore):
         return [row[0] for row in rows]
 
     # --- plumbing ------------------------------------------------------
+    def _notify(self, user_id: str, changed: list) -> None:
+        if changed:
+            self.changes.notify(user_id)
+
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Runs `fn` on the connection's thread; backend failures become StorageError."""
         if self._executor is None:
@@ -331,6 +459,14 @@ class SqliteMetadataStore(MetadataStore):
                 db.execute("INSERT INTO thread_ids (user_id, rfc822_message_id, thread_id)"
                            " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                            (user_id, record.rfc822_message_id, thread_id))
+            subject_key, _ = thread_subject(record.subject)
+            if subject_key:
+                db.execute("INSERT INTO thread_subjects (user_id, subject_key, thread_id,"
+                           " last_at_ms) VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                           " thread_id = excluded.thread_id, last_at_ms = excluded.last_at_ms"
+                           " WHERE excluded.last_at_ms >= thread_subjects.last_at_ms",
+                           (user_id, subject_key, thread_id, received_at_ms))
+            _append_change(db, user_id, CHANGE_ADDED, message_id, record.labels)
         return True
 
     def _modify_labels(self, user_id: str, message_ids: list[str],
@@ -353,9 +489,95 @@ class SqliteMetadataStore(MetadataStore):
                     db.execute("UPDATE messages SET labels_json = ?"
                                " WHERE user_id = ? AND message_id = ?",
                                (json.dumps(sorted(labels)), user_id, message_id))
+                    _append_change(db, user_id, CHANGE_LABELS, message_id, labels)
                 record.labels = labels
                 changed.append(record)
         return changed
+
+    def _delete_messages(self, user_id: str, message_ids: list[str]) -> list[MessageRecord]:
+        deleted: list[MessageRecord] = []
+        with _transaction(self._conn()) as db:
+            for message_id in dict.fromkeys(message_ids):
+                row = db.execute(_SELECT + " WHERE m.user_id = ? AND m.message_id = ?",
+                                 (user_id, message_id)).fetchone()
+                if row is None:
+                    continue
+                record = _record(row)
+                db.execute("DELETE FROM messages WHERE user_id = ? AND message_id = ?",
+                           (user_id, message_id))
+                db.executemany(_REMOVE_LABEL, [(user_id, label, record.received_at_ms, message_id)
+                                               for label in record.labels])
+                db.execute("DELETE FROM blob_links WHERE owner = ?", (f"{user_id}/{message_id}",))
+                _append_change(db, user_id, CHANGE_DELETED, message_id, set())
+                deleted.append(record)
+        return deleted
+
+    def _create_label(self, user_id: str, name: str) -> bool:
+        return self._conn().execute(
+            "INSERT INTO user_labels (user_id, name, created_at_ms) VALUES (?, ?, ?)"
+            " ON CONFLICT DO NOTHING", (user_id, name, int(time.time() * 1000))).rowcount == 1
+
+    def _relabel(self, user_id: str, old: str, new: str | None) -> list[str]:
+        """Renames user label `old` to `new`, or deletes it when `new` is None."""
+        with _transaction(self._conn()) as db:
+            if db.execute("DELETE FROM user_labels WHERE user_id = ? AND name = ?",
+                          (user_id, old)).rowcount == 0:
+                raise NotFound(f"label {old!r} not found")
+            if new is not None and db.execute(
+                    "INSERT INTO user_labels (user_id, name, created_at_ms) VALUES (?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
+                    (user_id, new, int(time.time() * 1000))).rowcount == 0:
+                raise AlreadyExists(f"label {new!r} already exists")
+            rows = db.execute(_SELECT + " JOIN message_labels AS l ON m.user_id = l.user_id"
+                              " AND m.message_id = l.message_id WHERE l.user_id = ? AND l.label = ?",
+                              (user_id, old)).fetchall()
+            ids = []
+            for row in rows:
+                record = _record(row)
+                labels = record.labels - {old} | ({new} if new is not None else set())
+                key = (record.received_at_ms, record.message_id)
+                db.execute(_REMOVE_LABEL, (user_id, old, *key))
+                if new is not None:
+                    db.execute(_ADD_LABEL, (user_id, new, *key))
+                db.execute("UPDATE messages SET labels_json = ? WHERE user_id = ? AND message_id = ?",
+                           (json.dumps(sorted(labels)), user_id, record.message_id))
+                _append_change(db, user_id, CHANGE_LABELS, record.message_id, labels)
+                ids.append(record.message_id)
+        return ids
+
+    def _put_draft(self, draft: Draft, expected_version: int) -> Draft:
+        user_id = draft.user_id.lower()
+        with _transaction(self._conn()) as db:
+            row = db.execute("SELECT version FROM drafts WHERE user_id = ? AND draft_id = ?",
+                             (user_id, draft.draft_id)).fetchone()
+            if expected_version == 0 and row is not None:
+                raise AlreadyExists(f"draft {draft.draft_id!r} already exists")
+            if expected_version != 0 and row is None:
+                raise NotFound(f"draft {draft.draft_id!r} not found")
+            if row is not None and row[0] != expected_version:
+                raise VersionConflict(f"draft {draft.draft_id!r} is at version {row[0]},"
+                                      f" not {expected_version}")
+            stored = Draft(**{**_draft_fields(draft), "user_id": user_id,
+                              "version": expected_version + 1})
+            db.execute("INSERT INTO drafts (user_id, draft_id, version, updated_at_ms, content_json)"
+                       " VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, draft_id) DO UPDATE SET"
+                       " version = excluded.version, updated_at_ms = excluded.updated_at_ms,"
+                       " content_json = excluded.content_json",
+                       (user_id, stored.draft_id, stored.version, stored.updated_at_ms,
+                        _draft_content(stored)))
+        return stored
+
+    def _delete_draft(self, user_id: str, draft_id: str, expected_version: int) -> bool:
+        with _transaction(self._conn()) as db:
+            row = db.execute("SELECT version FROM drafts WHERE user_id = ? AND draft_id = ?",
+                             (user_id, draft_id)).fetchone()
+            if row is None:
+                return False
+            if expected_version and row[0] != expected_version:
+                raise VersionConflict(f"draft {draft_id!r} is at version {row[0]},"
+                                      f" not {expected_version}")
+            db.execute("DELETE FROM drafts WHERE user_id = ? AND draft_id = ?", (user_id, draft_id))
+        return True
 
     def _find_thread(self, user_id: str, rfc822_ids: list[str]) -> str | None:
         db = self._conn()
@@ -384,6 +606,32 @@ def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _append_change(db: sqlite3.Connection, user_id: str, kind: str, message_id: str,
+                   labels: set[str]) -> None:
+    db.execute("INSERT INTO changes (user_id, seq, kind, message_id, labels_json, at_ms)"
+               " SELECT ?, coalesce(max(seq), 0) + 1, ?, ?, ?, ? FROM changes WHERE user_id = ?",
+               (user_id, kind, message_id, json.dumps(sorted(labels)), int(time.time() * 1000),
+                user_id))
+
+
+_DRAFT_CONTENT = ("to", "cc", "bcc", "subject", "body", "reply_to_id")
+_DRAFT_SELECT = "SELECT user_id, draft_id, version, updated_at_ms, content_json FROM drafts"
+
+
+def _draft_fields(d: Draft) -> dict:
+    return {name: getattr(d, name) for name in Draft.__slots__}
+
+
+def _draft_content(d: Draft) -> str:
+    return json.dumps({name: getattr(d, name) for name in _DRAFT_CONTENT})
+
+
+def _draft(row: tuple) -> Draft:
+    user_id, draft_id, version, updated_at_ms, content = row
+    return Draft(user_id=user_id, draft_id=draft_id, version=version,
+                 updated_at_ms=updated_at_ms, **json.loads(content))
 
 
 def _row(r: MessageRecord) -> tuple:

@@ -1,0 +1,245 @@
+"""The gateway's routes: each one builds the gRPC request, calls the
+MailboxService method of the same name and answers its reply as JSON (the
+proto3 JSON mapping with the .proto's field names; 64-bit integers are
+strings, as that mapping says). Errors are `{"error": {"code", "status",
+"message"}}` with the gRPC status mapped to HTTP (context.py).
+"""
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from fastapi import FastAPI, Request, Security
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from google.protobuf.json_format import MessageToDict
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from mailyard.proto import mailbox_pb2
+from mailyard.store.errors import StorageError
+from mailyard.store.mailbox.gateway.context import GatewayAbort, GatewayContext
+
+bearer = HTTPBearer(auto_error=False, description="A JWT from `mailyard token issue ADDRESS`")
+FORMATS = {"full": mailbox_pb2.FULL, "metadata": mailbox_pb2.METADATA, "raw": mailbox_pb2.RAW}
+
+
+class DraftContent(BaseModel):
+    to: list[str] = Field(default_factory=list)
+    cc: list[str] = Field(default_factory=list)
+    bcc: list[str] = Field(default_factory=list)
+    subject: str = ""
+    body: str = Field("", description="text/plain")
+    reply_to_id: str = Field("", description="id of the caller's message it answers")
+
+    def proto(self) -> mailbox_pb2.DraftContent:
+        return mailbox_pb2.DraftContent(**self.model_dump())
+
+
+class DraftUpdate(BaseModel):
+    version: int = Field(description="the version this update was made from")
+    content: DraftContent
+
+
+class MessageIds(BaseModel):
+    ids: list[str]
+
+
+class Modify(BaseModel):
+    ids: list[str]
+    add_labels: list[str] = Field(default_factory=list)
+    remove_labels: list[str] = Field(default_factory=list)
+
+
+class LabelName(BaseModel):
+    name: str
+
+
+class LabelRename(BaseModel):
+    new_name: str
+
+
+def _json(message) -> dict:
+    return MessageToDict(message, preserving_proto_field_name=True,
+                         always_print_fields_with_no_presence=True)
+
+
+def _authorization(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return f"{credentials.scheme} {credentials.credentials}" if credentials else None
+
+
+def create_app(service, metadata) -> FastAPI:
+    """The ASGI app over `service` (a MailboxService)."""
+    app = FastAPI(title="mailyard mailbox API", version="v1",
+                  description="REST/JSON mirror of the gRPC service mailyard.mailbox.v1.Mailbox.")
+    registry = CollectorRegistry()
+    requests = Counter("mailyard_gateway_requests", "HTTP requests answered",
+                       ["method", "route", "status"], registry=registry)
+    latency = Histogram("mailyard_gateway_request_seconds", "HTTP request latency",
+                        ["method", "route"], registry=registry)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        requests.labels(request.method, route, str(response.status_code)).inc()
+        latency.labels(request.method, route).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(GatewayAbort)
+    async def aborted(request: Request, exc: GatewayAbort):
+        return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers())
+
+    async def call(method: str, request, credentials: HTTPAuthorizationCredentials | None):
+        return await getattr(service, method)(request, GatewayContext(_authorization(credentials)))
+
+    async def reply(method: str, request, credentials) -> dict:
+        return _json(await call(method, request, credentials))
+
+    Auth = Security(bearer)
+
+    # --- operations --------------------------------------------------------
+    @app.get("/healthz", tags=["operations"])
+    async def healthz():
+        try:
+            await metadata.list_domains()
+        except StorageError as exc:
+            return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    async def metrics():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    # --- messages ----------------------------------------------------------
+    @app.get("/v1/messages", tags=["messages"])
+    async def list_messages(label: str = "INBOX", page_size: int = 0, page_token: str = "",
+                            credentials=Auth) -> dict:
+        return await reply("ListMessages", mailbox_pb2.ListMessagesRequest(
+            label=label, page_size=page_size, page_token=page_token), credentials)
+
+    @app.get("/v1/messages/inbox", tags=["messages"])
+    async def inbox(page_size: int = 0, page_token: str = "", credentials=Auth) -> dict:
+        return await reply("ListMessages", mailbox_pb2.ListMessagesRequest(
+            label="INBOX", page_size=page_size, page_token=page_token), credentials)
+
+    @app.post("/v1/messages", tags=["messages"],
+              description="Sends a message (local recipients only until outbound delivery exists).")
+    async def send_message(content: DraftContent, credentials=Auth) -> dict:
+        return await reply("SendMessage", mailbox_pb2.SendMessageRequest(content=content.proto()),
+                           credentials)
+
+    @app.post("/v1/messages/modify", tags=["messages"])
+    async def modify(body: Modify, credentials=Auth) -> dict:
+        return await reply("ModifyLabels", mailbox_pb2.ModifyLabelsRequest(
+            ids=body.ids, add_labels=body.add_labels, remove_labels=body.remove_labels), credentials)
+
+    @app.post("/v1/messages/trash", tags=["messages"])
+    async def trash(body: MessageIds, credentials=Auth) -> dict:
+        return await reply("TrashMessages", mailbox_pb2.MessageIdsRequest(ids=body.ids), credentials)
+
+    @app.post("/v1/messages/untrash", tags=["messages"])
+    async def untrash(body: MessageIds, credentials=Auth) -> dict:
+        return await reply("UntrashMessages", mailbox_pb2.MessageIdsRequest(ids=body.ids),
+                           credentials)
+
+    @app.post("/v1/messages/delete", tags=["messages"], description="Deletes many, for good.")
+    async def batch_delete(body: MessageIds, credentials=Auth) -> dict:
+        return await reply("DeleteMessages", mailbox_pb2.MessageIdsRequest(ids=body.ids),
+                           credentials)
+
+    @app.get("/v1/messages/{id}", tags=["messages"])
+    async def get_message(id: str, format: Literal["full", "metadata", "raw"] = "full",
+                          credentials=Auth) -> dict:
+        return await reply("GetMessage", mailbox_pb2.GetMessageRequest(
+            id=id, format=FORMATS[format]), credentials)
+
+    @app.delete("/v1/messages/{id}", tags=["messages"], description="Deletes one, for good.")
+    async def delete_message(id: str, credentials=Auth) -> dict:
+        return await reply("DeleteMessages", mailbox_pb2.MessageIdsRequest(ids=[id]), credentials)
+
+    @app.get("/v1/messages/{id}/attachments/{attachment_id}", tags=["messages"],
+             response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
+    async def attachment(id: str, attachment_id: str, credentials=Auth):
+        authorization = _authorization(credentials)
+        request = mailbox_pb2.GetAttachmentRequest(message_id=id, attachment_id=attachment_id)
+        chunks = [chunk.data async for chunk in
+                  service.GetAttachment(request, GatewayContext(authorization))]
+        return Response(b"".join(chunks), media_type="application/octet-stream")
+
+    @app.get("/v1/search", tags=["messages"])
+    async def search(q: str = "", page_size: int = 0, page_token: str = "",
+                     credentials=Auth) -> dict:
+        return await reply("Search", mailbox_pb2.SearchRequest(
+            query=q, page_size=page_size, page_token=page_token), credentials)
+
+    # --- labels ------------------------------------------------------------
+    @app.get("/v1/labels", tags=["labels"])
+    async def list_labels(credentials=Auth) -> dict:
+        return await reply("ListLabels", mailbox_pb2.ListLabelsRequest(), credentials)
+
+    @app.post("/v1/labels", tags=["labels"], status_code=201)
+    async def create_label(body: LabelName, credentials=Auth) -> dict:
+        return await reply("CreateLabel", mailbox_pb2.CreateLabelRequest(name=body.name),
+                           credentials)
+
+    @app.patch("/v1/labels/{name}", tags=["labels"])
+    async def rename_label(name: str, body: LabelRename, credentials=Auth) -> dict:
+        return await reply("RenameLabel", mailbox_pb2.RenameLabelRequest(
+            name=name, new_name=body.new_name), credentials)
+
+    @app.delete("/v1/labels/{name}", tags=["labels"])
+    async def delete_label(name: str, credentials=Auth) -> dict:
+        return await reply("DeleteLabel", mailbox_pb2.DeleteLabelRequest(name=name), credentials)
+
+    # --- threads -----------------------------------------------------------
+    @app.get("/v1/threads", tags=["threads"])
+    async def list_threads(label: str = "INBOX", page_size: int = 0, page_token: str = "",
+                           credentials=Auth) -> dict:
+        return await reply("ListThreads", mailbox_pb2.ListThreadsRequest(
+            label=label, page_size=page_size, page_token=page_token), credentials)
+
+    @app.get("/v1/threads/{id}", tags=["threads"])
+    async def get_thread(id: str, credentials=Auth) -> dict:
+        return await reply("GetThread", mailbox_pb2.GetThreadRequest(id=id), credentials)
+
+    # --- drafts ------------------------------------------------------------
+    @app.get("/v1/drafts", tags=["drafts"])
+    async def list_drafts(page_size: int = 0, page_token: str = "", credentials=Auth) -> dict:
+        return await reply("ListDrafts", mailbox_pb2.ListDraftsRequest(
+            page_size=page_size, page_token=page_token), credentials)
+
+    @app.post("/v1/drafts", tags=["drafts"], status_code=201)
+    async def create_draft(content: DraftContent, credentials=Auth) -> dict:
+        return await reply("CreateDraft", mailbox_pb2.CreateDraftRequest(content=content.proto()),
+                           credentials)
+
+    @app.get("/v1/drafts/{id}", tags=["drafts"])
+    async def get_draft(id: str, credentials=Auth) -> dict:
+        return await reply("GetDraft", mailbox_pb2.GetDraftRequest(id=id), credentials)
+
+    @app.put("/v1/drafts/{id}", tags=["drafts"],
+             description="409 (ABORTED) when another device wrote since `version`.")
+    async def update_draft(id: str, body: DraftUpdate, credentials=Auth) -> dict:
+        return await reply("UpdateDraft", mailbox_pb2.UpdateDraftRequest(
+            id=id, version=body.version, content=body.content.proto()), credentials)
+
+    @app.delete("/v1/drafts/{id}", tags=["drafts"])
+    async def delete_draft(id: str, version: int = 0, credentials=Auth) -> dict:
+        return await reply("DeleteDraft", mailbox_pb2.DeleteDraftRequest(id=id, version=version),
+                           credentials)
+
+    @app.post("/v1/drafts/{id}/send", tags=["drafts"])
+    async def send_draft(id: str, version: int = 0, credentials=Auth) -> dict:
+        return await reply("SendDraft", mailbox_pb2.SendDraftRequest(id=id, version=version),
+                           credentials)
+
+    # --- changes -----------------------------------------------------------
+    @app.get("/v1/changes", tags=["changes"],
+             description="The caller's mailbox changes after a position, oldest first.")
+    async def list_changes(after: int = 0, page_size: int = 0, credentials=Auth) -> dict:
+        return await reply("ListChanges", mailbox_pb2.ListChangesRequest(
+            after=after, page_size=page_size), credentials)
+
+    return app

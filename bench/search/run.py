@@ -209,6 +209,7 @@ def main() -> None:
                         help="processes extracting text (the indexer service uses 1)")
     parser.add_argument("--no-notmuch", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--json", type=Path, help="also write the figures here (for bench/run)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="mailyard-search-bench-"))
@@ -258,8 +259,14 @@ def main() -> None:
             print(line)
         print(f"\nlatency over the mix ({len(mix)} queries x {args.repeat}), top 50 newest first:")
         p_ours = summary_line("mailyard", ours)
+        figures = {"messages": len(entries), "repeat": args.repeat, "queries": len(mix),
+                   "mailyard": {"msgs_per_s": ours_rate, "index_bytes_per_msg": ours_size,
+                                "latency_ms": dict(zip(("p50", "p95", "p99"), p_ours))}}
         if peer:
             p_peer = summary_line("notmuch", peer)
+            figures["notmuch"] = {"msgs_per_s": len(entries) / nm_elapsed,
+                                  "index_bytes_per_msg": nm_size,
+                                  "latency_ms": dict(zip(("p50", "p95", "p99"), p_peer))}
             print("ratio      " + "   ".join(f"{n} {b / a:5.1f}x faster"
                                              for n, a, b in zip(("p50", "p95", "p99"), p_ours, p_peer)))
             print(f"indexing   {ours_rate / (len(entries) / nm_elapsed):.1f}x notmuch's rate")
@@ -268,6 +275,9 @@ def main() -> None:
         misspelled = [w[:-1] + ("x" if w[-1] != "x" else "y") for w in Generator().words[100:400:10]]
         absent = sum(all(t not in bloom for t in terms(w)) for w in misspelled)
         print(f"  and {absent} of {len(misspelled)} one-letter misspellings of common words")
+        if args.json:
+            figures["bloom_answered"] = [stats.answered_by_bloom, stats.searches]
+            args.json.write_text(json.dumps(figures, indent=2))
     finally:
         if args.keep:
             print(f"kept {work}")

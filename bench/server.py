@@ -17,7 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mailyard.policy import config as model  # noqa: E402
-from tests.e2e.harness import Client, Service, _merge, cli, render_toml  # noqa: E402
+from mailyard.policy.cli import to_toml  # noqa: E402
+from tests.e2e.harness import Client, Service, _merge, cli  # noqa: E402
 
 DOMAIN, SENDER = "bench.test", "sender@remote.example"
 # SPF passes for the loopback sender, so sender authentication runs its real
@@ -37,7 +38,7 @@ def config_text(zone_file: Path, settings: dict) -> str:
         base["gateway"] = {"listen": "127.0.0.1:0"}
     if "quota_units" in model.MailboxConfig.__dataclass_fields__:
         base["mailbox"]["quota_units"] = 0
-    return render_toml(_merge(base, settings))
+    return to_toml(_merge(base, settings))
 
 
 def tree_pids(root: int) -> list[int]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 
+from mailyard.policy.cli import to_toml
 from mailyard.proto import mailbox_pb2, mailbox_pb2_grpc
 
 LISTENING = re.compile(r"mailyard: (\w+) listening on (.+):(\d+)")
@@ -37,28 +38,6 @@ level = "info"
 [dns]
 zone_file = "{zone_file}"
 """
-
-
-def render_toml(values: dict, prefix: str = "") -> str:
-    """A nested dict as TOML: plain keys first, then one [table] per dict."""
-    def scalar(value) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, (int, float)):
-            return repr(value)
-        if isinstance(value, list):
-            return "[" + ", ".join(scalar(v) for v in value) + "]"
-        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    def key(name: str) -> str:
-        return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
-
-    lines = [f"{key(k)} = {scalar(v)}" for k, v in values.items() if not isinstance(v, dict)]
-    for name, table in values.items():
-        if isinstance(table, dict):
-            dotted = f"{prefix}{key(name)}"
-            lines += ["", f"[{dotted}]", render_toml(table, dotted + ".").rstrip("\n")]
-    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -144,7 +123,7 @@ class Mailyard:
         self.zone_file.write_text(zone)
         text = CONFIG.format(member_ttl=member_ttl, zone_file=self.zone_file)
         if settings:
-            text = render_toml(_merge(tomllib.loads(text), settings))
+            text = to_toml(_merge(tomllib.loads(text), settings))
         self.config.write_text(text)
         self.services: list[Service] = []
 

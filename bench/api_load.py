@@ -1,6 +1,6 @@
 """gRPC API under load, measured by an external load generator (h2load).
 
-    python bench/api_load.py [--messages 600] [--concurrency 16] [--requests 5000]
+    python bench/api_load.py [--messages 600] [--concurrency 4] [--requests 5000]
 
 Starts `mailyard up` on a fresh data directory (tests/e2e/harness.py), fills one
 mailbox over SMTP, then drives the gRPC service with h2load (Debian
@@ -64,7 +64,11 @@ def grpc_frame(request) -> bytes:
 
 
 def h2load(address: tuple[str, int], method: str, payload: Path, token: str, requests: int,
-           clients: int, log: Path) -> dict:
+           clients: int, log: Path, reply_bytes: int) -> dict:
+    """One h2load run; `reply_bytes` is the size of the right reply's frame: gRPC
+    errors come with HTTP 200, so the DATA received must add up to that many
+    bytes per request."""
+    log.unlink(missing_ok=True)  # h2load appends to its log file
     command = ["h2load", "-n", str(requests), "-c", str(clients), "-m", "1",
                "-H", "content-type: application/grpc", "-H", "te: trailers",
                "-H", f"authorization: Bearer {token}", "-d", str(payload), "--log-file", str(log),
@@ -79,6 +83,9 @@ def h2load(address: tuple[str, int], method: str, payload: Path, token: str, req
     total, finished, ok, failed, errored = map(int, done.groups())
     if failed or errored or ok != requests:
         raise RuntimeError(f"h2load: {failed} failed, {errored} errored of {requests}:\n{out}")
+    data = re.search(r"\((\d+)\) data", out)
+    if not data or int(data.group(1)) != requests * reply_bytes:
+        raise RuntimeError(f"h2load: replies are not {reply_bytes} bytes each (an error?):\n{out}")
     # --log-file: one line per request, "start_us<TAB>status<TAB>elapsed_us".
     elapsed = sorted(int(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines()
                      if line.strip())
@@ -96,7 +103,7 @@ def percentile(ordered: list[float], p: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=600)
-    parser.add_argument("--concurrency", type=int, default=16,
+    parser.add_argument("--concurrency", type=int, default=4,
                         help="h2load clients, each with one request in flight")
     parser.add_argument("--requests", type=int, default=5000, help="per scenario")
     args = parser.parse_args()
@@ -125,7 +132,6 @@ def main() -> None:
             assert len(second.messages) == 50
             target = second.messages[7].id
             assert client.get(target).text_body
-            client.close()
             print(f"{args.messages} messages filled in {time.monotonic() - started:.1f} s; "
                   f"h2load, {args.concurrency} clients, {args.requests} requests per scenario")
 
@@ -138,15 +144,19 @@ def main() -> None:
                 "GetMessage (FULL)": (
                     "GetMessage", mailbox_pb2.GetMessageRequest(id=target, format=mailbox_pb2.FULL)),
             }
+            # The reply each request must get, to check h2load's byte counts.
+            replies = {name: client.call(method, request).ByteSize() + 5
+                       for name, (method, request) in scenarios.items()}
+            client.close()
             results = {}
             for name, (method, request) in scenarios.items():
                 payload = root / f"{method}.bin"
                 payload.write_bytes(grpc_frame(request))
                 # A short warm-up, then the measured run.
                 h2load(address, method, payload, token, min(500, args.requests), args.concurrency,
-                       root / "warmup.log")
+                       root / "h2load.log", replies[name])
                 figures = h2load(address, method, payload, token, args.requests,
-                                 args.concurrency, root / "h2load.log")
+                                 args.concurrency, root / "h2load.log", replies[name])
                 results[name] = figures
                 print(f"{name:45s} p50 {figures['p50_ms']:7.2f} ms  p99 {figures['p99_ms']:7.2f} ms"
                       f"  {figures['rps']:8.1f} req/s")

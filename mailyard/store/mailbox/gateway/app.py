@@ -7,24 +7,35 @@ strings, as that mapping says). Errors are `{"error": {"code", "status",
 from __future__ import annotations
 
 import time
+from http import HTTPStatus
 from typing import Literal
 
-from fastapi import FastAPI, Request, Security
+from fastapi import FastAPI, Query, Request, Security
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from google.protobuf.json_format import MessageToDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from mailyard.proto import mailbox_pb2
 from mailyard.store.errors import StorageError
 from mailyard.store.mailbox.gateway.context import GatewayAbort, GatewayContext
+from mailyard.store.mailbox.gateway.schemas import ERROR_RESPONSES, Health, reply_model
 
 bearer = HTTPBearer(auto_error=False, description="A JWT from `mailyard token issue ADDRESS`")
 FORMATS = {"full": mailbox_pb2.FULL, "metadata": mailbox_pb2.METADATA, "raw": mailbox_pb2.RAW}
+# Replies: the model derived from the proto message (schemas.py), keys absent
+# from the proto3 JSON left absent, and the JSON errors a call can answer.
+REPLY = {"response_model_exclude_unset": True, "responses": ERROR_RESPONSES}
+# Integers the .proto declares as int32 and int64: larger ones are a 422, not
+# a ValueError in the protobuf constructor.
+INT32 = {"ge": -2**31, "le": 2**31 - 1}
+INT64 = {"ge": -2**63, "le": 2**63 - 1}
 
 
-class DraftContent(BaseModel):
+class DraftContentInput(BaseModel):
     to: list[str] = Field(default_factory=list)
     cc: list[str] = Field(default_factory=list)
     bcc: list[str] = Field(default_factory=list)
@@ -37,8 +48,8 @@ class DraftContent(BaseModel):
 
 
 class DraftUpdate(BaseModel):
-    version: int = Field(description="the version this update was made from")
-    content: DraftContent
+    version: int = Field(description="the version this update was made from", **INT64)
+    content: DraftContentInput
 
 
 class MessageIds(BaseModel):
@@ -68,6 +79,15 @@ def _authorization(credentials: HTTPAuthorizationCredentials | None) -> str | No
     return f"{credentials.scheme} {credentials.credentials}" if credentials else None
 
 
+def _allowed_methods(app: FastAPI, scope) -> set[str]:
+    """The methods of the documented path the URL is taken for: the first
+    route matching it (/v1/messages/inbox before /v1/messages/{id}), with the
+    other routes of that same path."""
+    routes = [r for r in app.routes if getattr(r, "methods", None)]
+    path = next((r.path for r in routes if r.matches(scope)[0] != Match.NONE), None)
+    return {m for r in routes if r.path == path for m in r.methods}
+
+
 def create_app(service, metadata) -> FastAPI:
     """The ASGI app over `service` (a MailboxService)."""
     app = FastAPI(title="mailyard mailbox API", version="v1",
@@ -91,6 +111,20 @@ def create_app(service, metadata) -> FastAPI:
     async def aborted(request: Request, exc: GatewayAbort):
         return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers())
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # No such route (404), method (405): the same JSON error shape as the calls'.
+        status = HTTPStatus(exc.status_code)
+        name = "NOT_FOUND" if status == HTTPStatus.NOT_FOUND else status.name
+        headers = dict(exc.headers or {})
+        if status == HTTPStatus.METHOD_NOT_ALLOWED:
+            # Starlette's Allow names one route's method only; each method is a
+            # route of its own here, so Allow lists those of the documented path.
+            headers["Allow"] = ", ".join(sorted(_allowed_methods(app, request.scope)))
+        return JSONResponse({"error": {"code": exc.status_code, "status": name,
+                                       "message": str(exc.detail)}},
+                            status_code=exc.status_code, headers=headers)
+
     async def call(method: str, request, credentials: HTTPAuthorizationCredentials | None):
         return await getattr(service, method)(request, GatewayContext(_authorization(credentials)))
 
@@ -100,7 +134,9 @@ def create_app(service, metadata) -> FastAPI:
     Auth = Security(bearer)
 
     # --- operations --------------------------------------------------------
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", tags=["operations"], response_model=Health,
+             response_model_exclude_unset=True,
+             responses={503: {"model": Health, "description": "the MetadataStore is unreachable"}})
     async def healthz():
         try:
             await metadata.list_domains()
@@ -113,54 +149,65 @@ def create_app(service, metadata) -> FastAPI:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     # --- messages ----------------------------------------------------------
-    @app.get("/v1/messages", tags=["messages"])
-    async def list_messages(label: str = "INBOX", page_size: int = 0, page_token: str = "",
-                            credentials=Auth) -> dict:
+    @app.get("/v1/messages", tags=["messages"],
+             response_model=reply_model("ListMessagesResponse"), **REPLY)
+    async def list_messages(label: str = "INBOX", page_size: int = Query(0, **INT32),
+                            page_token: str = "", credentials=Auth) -> dict:
         return await reply("ListMessages", mailbox_pb2.ListMessagesRequest(
             label=label, page_size=page_size, page_token=page_token), credentials)
 
-    @app.get("/v1/messages/inbox", tags=["messages"])
-    async def inbox(page_size: int = 0, page_token: str = "", credentials=Auth) -> dict:
+    @app.get("/v1/messages/inbox", tags=["messages"],
+             response_model=reply_model("ListMessagesResponse"), **REPLY)
+    async def inbox(page_size: int = Query(0, **INT32), page_token: str = "",
+                    credentials=Auth) -> dict:
         return await reply("ListMessages", mailbox_pb2.ListMessagesRequest(
             label="INBOX", page_size=page_size, page_token=page_token), credentials)
 
     @app.post("/v1/messages", tags=["messages"],
-              description="Sends a message (local recipients only until outbound delivery exists).")
-    async def send_message(content: DraftContent, credentials=Auth) -> dict:
+              description="Sends a message (local recipients only until outbound delivery exists).",
+             response_model=reply_model("SendResponse"), **REPLY)
+    async def send_message(content: DraftContentInput, credentials=Auth) -> dict:
         return await reply("SendMessage", mailbox_pb2.SendMessageRequest(content=content.proto()),
                            credentials)
 
-    @app.post("/v1/messages/modify", tags=["messages"])
+    @app.post("/v1/messages/modify", tags=["messages"],
+             response_model=reply_model("ModifyLabelsResponse"), **REPLY)
     async def modify(body: Modify, credentials=Auth) -> dict:
         return await reply("ModifyLabels", mailbox_pb2.ModifyLabelsRequest(
             ids=body.ids, add_labels=body.add_labels, remove_labels=body.remove_labels), credentials)
 
-    @app.post("/v1/messages/trash", tags=["messages"])
+    @app.post("/v1/messages/trash", tags=["messages"],
+             response_model=reply_model("ModifyLabelsResponse"), **REPLY)
     async def trash(body: MessageIds, credentials=Auth) -> dict:
         return await reply("TrashMessages", mailbox_pb2.MessageIdsRequest(ids=body.ids), credentials)
 
-    @app.post("/v1/messages/untrash", tags=["messages"])
+    @app.post("/v1/messages/untrash", tags=["messages"],
+             response_model=reply_model("ModifyLabelsResponse"), **REPLY)
     async def untrash(body: MessageIds, credentials=Auth) -> dict:
         return await reply("UntrashMessages", mailbox_pb2.MessageIdsRequest(ids=body.ids),
                            credentials)
 
-    @app.post("/v1/messages/delete", tags=["messages"], description="Deletes many, for good.")
+    @app.post("/v1/messages/delete", tags=["messages"], description="Deletes many, for good.",
+             response_model=reply_model("DeleteMessagesResponse"), **REPLY)
     async def batch_delete(body: MessageIds, credentials=Auth) -> dict:
         return await reply("DeleteMessages", mailbox_pb2.MessageIdsRequest(ids=body.ids),
                            credentials)
 
-    @app.get("/v1/messages/{id}", tags=["messages"])
+    @app.get("/v1/messages/{id}", tags=["messages"],
+             response_model=reply_model("Message"), **REPLY)
     async def get_message(id: str, format: Literal["full", "metadata", "raw"] = "full",
                           credentials=Auth) -> dict:
         return await reply("GetMessage", mailbox_pb2.GetMessageRequest(
             id=id, format=FORMATS[format]), credentials)
 
-    @app.delete("/v1/messages/{id}", tags=["messages"], description="Deletes one, for good.")
+    @app.delete("/v1/messages/{id}", tags=["messages"], description="Deletes one, for good.",
+             response_model=reply_model("DeleteMessagesResponse"), **REPLY)
     async def delete_message(id: str, credentials=Auth) -> dict:
         return await reply("DeleteMessages", mailbox_pb2.MessageIdsRequest(ids=[id]), credentials)
 
     @app.get("/v1/messages/{id}/attachments/{attachment_id}", tags=["messages"],
-             response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
+             response_class=Response,
+             responses=ERROR_RESPONSES | {200: {"content": {"application/octet-stream": {}}}})
     async def attachment(id: str, attachment_id: str, credentials=Auth):
         authorization = _authorization(credentials)
         request = mailbox_pb2.GetAttachmentRequest(message_id=id, attachment_id=attachment_id)
@@ -168,77 +215,92 @@ def create_app(service, metadata) -> FastAPI:
                   service.GetAttachment(request, GatewayContext(authorization))]
         return Response(b"".join(chunks), media_type="application/octet-stream")
 
-    @app.get("/v1/search", tags=["messages"])
-    async def search(q: str = "", page_size: int = 0, page_token: str = "",
-                     credentials=Auth) -> dict:
+    @app.get("/v1/search", tags=["messages"],
+             response_model=reply_model("SearchResponse"), **REPLY)
+    async def search(q: str = "", page_size: int = Query(0, **INT32),
+                     page_token: str = "", credentials=Auth) -> dict:
         return await reply("Search", mailbox_pb2.SearchRequest(
             query=q, page_size=page_size, page_token=page_token), credentials)
 
     # --- labels ------------------------------------------------------------
-    @app.get("/v1/labels", tags=["labels"])
+    @app.get("/v1/labels", tags=["labels"],
+             response_model=reply_model("ListLabelsResponse"), **REPLY)
     async def list_labels(credentials=Auth) -> dict:
         return await reply("ListLabels", mailbox_pb2.ListLabelsRequest(), credentials)
 
-    @app.post("/v1/labels", tags=["labels"], status_code=201)
+    @app.post("/v1/labels", tags=["labels"], status_code=201,
+             response_model=reply_model("Label"), **REPLY)
     async def create_label(body: LabelName, credentials=Auth) -> dict:
         return await reply("CreateLabel", mailbox_pb2.CreateLabelRequest(name=body.name),
                            credentials)
 
-    @app.patch("/v1/labels/{name}", tags=["labels"])
+    @app.patch("/v1/labels/{name}", tags=["labels"],
+             response_model=reply_model("Label"), **REPLY)
     async def rename_label(name: str, body: LabelRename, credentials=Auth) -> dict:
         return await reply("RenameLabel", mailbox_pb2.RenameLabelRequest(
             name=name, new_name=body.new_name), credentials)
 
-    @app.delete("/v1/labels/{name}", tags=["labels"])
+    @app.delete("/v1/labels/{name}", tags=["labels"],
+             response_model=reply_model("DeleteLabelResponse"), **REPLY)
     async def delete_label(name: str, credentials=Auth) -> dict:
         return await reply("DeleteLabel", mailbox_pb2.DeleteLabelRequest(name=name), credentials)
 
     # --- threads -----------------------------------------------------------
-    @app.get("/v1/threads", tags=["threads"])
-    async def list_threads(label: str = "INBOX", page_size: int = 0, page_token: str = "",
-                           credentials=Auth) -> dict:
+    @app.get("/v1/threads", tags=["threads"],
+             response_model=reply_model("ListThreadsResponse"), **REPLY)
+    async def list_threads(label: str = "INBOX", page_size: int = Query(0, **INT32),
+                           page_token: str = "", credentials=Auth) -> dict:
         return await reply("ListThreads", mailbox_pb2.ListThreadsRequest(
             label=label, page_size=page_size, page_token=page_token), credentials)
 
-    @app.get("/v1/threads/{id}", tags=["threads"])
+    @app.get("/v1/threads/{id}", tags=["threads"],
+             response_model=reply_model("Thread"), **REPLY)
     async def get_thread(id: str, credentials=Auth) -> dict:
         return await reply("GetThread", mailbox_pb2.GetThreadRequest(id=id), credentials)
 
     # --- drafts ------------------------------------------------------------
-    @app.get("/v1/drafts", tags=["drafts"])
-    async def list_drafts(page_size: int = 0, page_token: str = "", credentials=Auth) -> dict:
+    @app.get("/v1/drafts", tags=["drafts"],
+             response_model=reply_model("ListDraftsResponse"), **REPLY)
+    async def list_drafts(page_size: int = Query(0, **INT32), page_token: str = "",
+                          credentials=Auth) -> dict:
         return await reply("ListDrafts", mailbox_pb2.ListDraftsRequest(
             page_size=page_size, page_token=page_token), credentials)
 
-    @app.post("/v1/drafts", tags=["drafts"], status_code=201)
-    async def create_draft(content: DraftContent, credentials=Auth) -> dict:
+    @app.post("/v1/drafts", tags=["drafts"], status_code=201,
+             response_model=reply_model("Draft"), **REPLY)
+    async def create_draft(content: DraftContentInput, credentials=Auth) -> dict:
         return await reply("CreateDraft", mailbox_pb2.CreateDraftRequest(content=content.proto()),
                            credentials)
 
-    @app.get("/v1/drafts/{id}", tags=["drafts"])
+    @app.get("/v1/drafts/{id}", tags=["drafts"],
+             response_model=reply_model("Draft"), **REPLY)
     async def get_draft(id: str, credentials=Auth) -> dict:
         return await reply("GetDraft", mailbox_pb2.GetDraftRequest(id=id), credentials)
 
     @app.put("/v1/drafts/{id}", tags=["drafts"],
-             description="409 (ABORTED) when another device wrote since `version`.")
+             description="409 (ABORTED) when another device wrote since `version`.",
+             response_model=reply_model("Draft"), **REPLY)
     async def update_draft(id: str, body: DraftUpdate, credentials=Auth) -> dict:
         return await reply("UpdateDraft", mailbox_pb2.UpdateDraftRequest(
             id=id, version=body.version, content=body.content.proto()), credentials)
 
-    @app.delete("/v1/drafts/{id}", tags=["drafts"])
-    async def delete_draft(id: str, version: int = 0, credentials=Auth) -> dict:
+    @app.delete("/v1/drafts/{id}", tags=["drafts"],
+             response_model=reply_model("DeleteDraftResponse"), **REPLY)
+    async def delete_draft(id: str, version: int = Query(0, **INT64), credentials=Auth) -> dict:
         return await reply("DeleteDraft", mailbox_pb2.DeleteDraftRequest(id=id, version=version),
                            credentials)
 
-    @app.post("/v1/drafts/{id}/send", tags=["drafts"])
-    async def send_draft(id: str, version: int = 0, credentials=Auth) -> dict:
+    @app.post("/v1/drafts/{id}/send", tags=["drafts"],
+             response_model=reply_model("SendResponse"), **REPLY)
+    async def send_draft(id: str, version: int = Query(0, **INT64), credentials=Auth) -> dict:
         return await reply("SendDraft", mailbox_pb2.SendDraftRequest(id=id, version=version),
                            credentials)
 
     # --- changes -----------------------------------------------------------
     @app.get("/v1/changes", tags=["changes"],
-             description="The caller's mailbox changes after a position, oldest first.")
-    async def list_changes(after: int = 0, page_size: int = 0, credentials=Auth) -> dict:
+             description="The caller's mailbox changes after a position, oldest first.",
+             response_model=reply_model("ListChangesResponse"), **REPLY)
+    async def list_changes(after: int = Query(0, **INT64), page_size: int = Query(0, **INT32), credentials=Auth) -> dict:
         return await reply("ListChanges", mailbox_pb2.ListChangesRequest(
             after=after, page_size=page_size), credentials)
 

@@ -24,6 +24,7 @@ from mailyard.store.errors import NotFound, StorageError
 from mailyard.store.mailbox.inbox_cache import InboxCache
 from mailyard.store.metadata.base import MessageRecord, MetadataStore
 from mailyard.store.queue.base import Queue, Record
+from mailyard.store.queue.consume import consume
 
 GROUP = "delivery"
 INDEX_TOPIC = "mail.index"
@@ -47,27 +48,12 @@ class DeliveryWorker:
                                 config.delivery.inbox_cache_ttl, self.log)
 
     async def run(self, stop: asyncio.Event, ready=None) -> None:
-        consumer = await self.queue.consumer(INBOUND_TOPIC, GROUP)
-        if ready:
-            ready(None)
-        try:
-            while not stop.is_set():
-                records = await consumer.fetch(self.config.delivery.batch_size, timeout=1.0)
-                if not records:
-                    continue
-                try:
-                    spools = await self.handle_batch(records)
-                    await consumer.commit(records)
-                except StorageError as exc:
-                    # A backend outage is nobody's bad message: nothing is
-                    # committed, and the batch is read again once it recovers.
-                    self.log.error("storage_unavailable", error=str(exc))
-                    await consumer.rewind()
-                    await _sleep_unless(stop, 1.0)
-                    continue
-                await self._drop_spools([s for s in spools if s])
-        finally:
-            await consumer.close()
+        async def drop_spools(spools: list[str | None]) -> None:
+            await self._drop_spools([s for s in spools if s])
+
+        await consume(self.queue, INBOUND_TOPIC, GROUP,
+                      batch_size=self.config.delivery.batch_size, process=self.handle_batch,
+                      stop=stop, log=self.log, ready=ready, after_commit=drop_spools)
 
     async def handle_batch(self, records: list[Record]) -> list[str | None]:
         """Delivers a batch with bounded concurrency, so the fsyncs of many
@@ -171,13 +157,6 @@ class DeliveryWorker:
                     await self.blobs.delete(key)
             except Exception as exc:
                 self.log.warning("spool_drop_failed", key=key, error=repr(exc))
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
-        pass
 
 
 async def serve(config: Config, stores, stop: asyncio.Event, ready=None) -> None:

@@ -19,9 +19,10 @@ from mailyard.searchd.extract import Limits, document
 from mailyard.searchd.index import shared_index
 from mailyard.searchd.index.base import LabelChange, SearchDocument, SearchIndex
 from mailyard.store.blobs.base import BlobStore
-from mailyard.store.errors import NotFound, StorageError
+from mailyard.store.errors import NotFound
 from mailyard.store.metadata.base import MetadataStore
 from mailyard.store.queue.base import Queue, Record
+from mailyard.store.queue.consume import consume
 from mailyard.store.raw import load_raw
 
 GROUP = "indexer"
@@ -38,27 +39,8 @@ class Indexer:
         self.limits = Limits(config.search.max_attachment_bytes, config.search.max_text_chars)
 
     async def run(self, stop: asyncio.Event, ready=None) -> None:
-        consumer = await self.queue.consumer(INDEX_TOPIC, GROUP)
-        if ready:
-            ready(None)
-        try:
-            while not stop.is_set():
-                records = await consumer.fetch(self.config.search.batch_size, timeout=1.0)
-                if not records:
-                    continue
-                try:
-                    await self.index_batch(records)
-                    await consumer.commit(records)
-                except StorageError as exc:
-                    # An outage, not a bad event: read the batch again later.
-                    self.log.error("storage_unavailable", error=str(exc))
-                    await consumer.rewind()
-                    try:
-                        await asyncio.wait_for(stop.wait(), timeout=1.0)
-                    except asyncio.TimeoutError:
-                        pass
-        finally:
-            await consumer.close()
+        await consume(self.queue, INDEX_TOPIC, GROUP, batch_size=self.config.search.batch_size,
+                      process=self.index_batch, stop=stop, log=self.log, ready=ready)
 
     async def index_batch(self, records: list[Record]) -> None:
         latest: dict[tuple[str, str], int] = {}

@@ -88,6 +88,9 @@ class QueueConfig:
     poll_interval: float = 0.2
     # A consumer silent for this long loses its partitions to the others.
     member_ttl: float = 10.0
+    # Records every consumer group has committed are kept this long, then
+    # deleted (Kafka's log retention); long enough to replay a day's mistakes.
+    retention_hours: float = 168.0
 
 
 @dataclass
@@ -258,6 +261,7 @@ POSITIVE = {"mx.processes", "mx.max_message_size", "mx.max_recipients", "mx.idle
             "mailbox.max_page_size", "mailbox.attachment_chunk_size",
             "mailbox.quota_window", "mailbox.watch_poll_interval",
             "queue.partitions", "queue.poll_interval", "queue.member_ttl",
+            "queue.retention_hours",
             "delivery.batch_size", "delivery.concurrency", "delivery.max_attempts",
             "delivery.inbox_cache_size",
             "delivery.inbox_cache_ttl",

@@ -21,7 +21,8 @@ def _open_queue(config: Config) -> Queue:
     from mailyard.store.queue.sqlite import SqliteQueue
     return SqliteQueue(config.data_path / "queue.db", partitions=config.queue.partitions,
                        poll_interval=config.queue.poll_interval,
-                       member_ttl=config.queue.member_ttl)
+                       member_ttl=config.queue.member_ttl,
+                       retention_ms=config.queue.retention_hours * 3600 * 1000)
 
 
 def _open_metadata(config: Config) -> MetadataStore:

@@ -352,6 +352,25 @@ async def test_truncate_keeps_a_topic_no_group_has_joined(sqlite_queue):
     assert await sqlite_queue.lag(topic, name("group")) == 1
 
 
+async def test_retention_truncates_committed_records_by_itself(tmp_path):
+    queue = SqliteQueue(tmp_path / "queue.db", retention_ms=0, retention_check=0.05)
+    await queue.start()
+    try:
+        kept, done = name("kept"), name("done")
+        consumer = await queue.consumer(done, "group")
+        await queue.consumer(kept, "group")  # joined, never commits
+        for i in range(5):
+            await queue.publish(done, b"user1", b"m%d" % i)
+            await queue.publish(kept, b"user1", b"m%d" % i)
+        await consumer.commit(await fetch_n(consumer, 5))
+        await asyncio.sleep(0.5)
+        with sqlite3.connect(tmp_path / "queue.db") as db:
+            counts = dict(db.execute("SELECT topic, count(*) FROM records GROUP BY topic"))
+        assert counts.get(done, 0) == 0 and counts[kept] == 5
+    finally:
+        await queue.close()
+
+
 async def test_a_topic_keeps_its_partition_count(tmp_path):
     key = next(k for k in KEYS if partition_for(k, 4) != partition_for(k, 8))
     four = SqliteQueue(tmp_path / "queue.db", partitions=4)

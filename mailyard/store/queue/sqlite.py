@@ -109,13 +109,20 @@ def _ensure_topic(db: sqlite3.Connection, topic: str, partitions: int) -> int:
 
 class SqliteQueue(Queue):
     def __init__(self, path: str | os.PathLike, partitions: int = 4,
-                 poll_interval: float = 0.5, member_ttl: float = 10.0) -> None:
+                 poll_interval: float = 0.5, member_ttl: float = 10.0,
+                 retention_ms: float | None = None, retention_check: float = 300.0) -> None:
+        """`retention_ms`: records older than this that every group has
+        committed are deleted every `retention_check` seconds (like Kafka's
+        log retention), so the log does not grow forever; None keeps all."""
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
         self.path = os.fspath(path)
         self.partitions = partitions  # for new topics; existing ones keep theirs
         self.poll_interval = poll_interval
         self.member_ttl = member_ttl
+        self.retention_ms = retention_ms
+        self.retention_check = retention_check
+        self._janitor: asyncio.Task[None] | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="queue-write")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="queue-read")
         self._wdb: sqlite3.Connection | None = None
@@ -131,11 +138,15 @@ class SqliteQueue(Queue):
     async def start(self) -> None:
         self._wdb = await self._call(self._writer, "open", self._open_writer)
         self._rdb = await self._call(self._reader, "open", self._open_reader)
+        if self.retention_ms is not None:
+            self._janitor = asyncio.create_task(self._retain())
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._janitor:
+            self._janitor.cancel()
         if self._flusher:
             await self._flusher
         for consumer in list(self._consumers):
@@ -357,6 +368,27 @@ class SqliteQueue(Queue):
         self._check_open()
         return await self._call(self._writer, "truncate", self._truncate, topic,
                                 _now_ms() - keep_ms)
+
+    async def _retain(self) -> None:
+        """Applies `retention_ms` to every topic now and then. Safe from every
+        process at once: truncation only drops what all groups committed."""
+        while True:
+            await asyncio.sleep(self.retention_check)
+            try:
+                for topic in await self._call(self._reader, "topics", self._topics):
+                    await self.truncate(topic, self.retention_ms)
+                # Give the space back: the WAL keeps its high-water size otherwise.
+                await self._call(self._writer, "checkpoint", self._checkpoint)
+            except StorageError:
+                pass  # a busy or failing disk: try again next round
+
+    def _topics(self) -> list[str]:
+        assert self._rdb is not None
+        return [row[0] for row in self._rdb.execute("SELECT topic FROM topics")]
+
+    def _checkpoint(self) -> None:
+        assert self._wdb is not None
+        self._wdb.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _truncate(self, topic: str, cutoff_ms: float) -> int:
         assert self._wdb is not None

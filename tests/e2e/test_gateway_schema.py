@@ -23,7 +23,10 @@ from tests.e2e.harness import Mailyard, Rest, send
 from tests.e2e.test_mailbox_api import ALICE, BOB, SENDER
 
 MAX_EXAMPLES = 8
-SEED = random.randrange(2**32)
+# CI runs one fixed seed, so a landing never hangs on chance; elsewhere each
+# run explores new input (a failing seed is printed; set it to replay).
+SEED = int(os.environ.get("MAILYARD_SCHEMATHESIS_SEED")
+           or (20261128 if os.environ.get("CI") else random.randrange(2**32)))
 
 
 @pytest.fixture(scope="module")

@@ -218,6 +218,60 @@ class GatewayConfig:
 SERVICES = ("mx", "delivery", "mailbox", "indexer", "gateway")
 
 
+# Connection settings of the distributed adapters, read only when [storage]
+# names them. Addresses default to the loopback ports tests/cluster/ uses.
+
+@dataclass
+class KafkaConfig:
+    """Queue on Kafka (storage.queue = "kafka")."""
+    bootstrap_servers: list[str] = field(default_factory=lambda: ["127.0.0.1:19092"])
+    client_id: str = "mailyard"
+    replication_factor: int = 1
+    request_timeout: float = 10.0
+
+
+@dataclass
+class CassandraConfig:
+    """MetadataStore on Cassandra (storage.metadata = "cassandra")."""
+    contact_points: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    port: int = 19042
+    keyspace: str = "mailyard"
+    local_datacenter: str = "datacenter1"
+    replication_factor: int = 1
+    consistency: str = "LOCAL_QUORUM"
+    request_timeout: float = 10.0
+    username: str = ""
+    password: str = ""
+
+
+@dataclass
+class S3Config:
+    """BlobStore on S3 (storage.blobs = "s3")."""
+    endpoint_url: str = "http://127.0.0.1:17070"
+    region: str = "us-east-1"
+    bucket: str = "mailyard"
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    request_timeout: float = 30.0
+
+
+@dataclass
+class RedisConfig:
+    """Cache on Redis (storage.cache = "redis")."""
+    url: str = "redis://127.0.0.1:16379/0"
+    request_timeout: float = 1.0
+
+
+@dataclass
+class OpenSearchConfig:
+    """SearchIndex on OpenSearch or Elasticsearch (storage.search = "opensearch")."""
+    hosts: list[str] = field(default_factory=lambda: ["http://127.0.0.1:19200"])
+    index_prefix: str = "mailyard"
+    username: str = ""
+    password: str = ""
+    request_timeout: float = 10.0
+
+
 @dataclass
 class Config:
     hostname: str = "localhost"
@@ -239,6 +293,11 @@ class Config:
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    cassandra: CassandraConfig = field(default_factory=CassandraConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    opensearch: OpenSearchConfig = field(default_factory=OpenSearchConfig)
 
     @property
     def data_path(self) -> Path:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmailyard/proto/events.proto\x12\x12mailyard.events.v1\"\xe0\x01\n\x0fInboundEnvelope\x12\x10\n\x08queue_id\x18\x01 \x01(\t\x12\x11\n\tmail_from\x18\x02 \x01(\t\x12\x0f\n\x07rcpt_to\x18\x03 \x03(\t\x12\x11\n\tspool_key\x18\x04 \x01(\t\x12\x16\n\x0ereceived_at_ms\x18\x05 \x01(\x03\x12\x11\n\tclient_ip\x18\x06 \x01(\t\x12\x0c\n\x04helo\x18\x07 \x01(\t\x12\x0c\n\x04size\x18\x08 \x01(\x03\x12\x10\n\x08smtputf8\x18\t \x01(\x08\x12\x17\n\x0f\x63lient_hostname\x18\n \x01(\t\x12\x12\n\nquarantine\x18\x0b \x01(\x08\"\xcd\x01\n\nIndexEvent\x12\x31\n\x04kind\x18\x01 \x01(\x0e\x32#.mailyard.events.v1.IndexEvent.Kind\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\"X\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n\rMESSAGE_ADDED\x10\x01\x12\x12\n\x0eLABELS_CHANGED\x10\x02\x12\x13\n\x0fMESSAGE_DELETED\x10\x03\"\xa1\x01\n\nDeadLetter\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0b\n\x03key\x18\x04 \x01(\x0c\x12\r\n\x05value\x18\x05 \x01(\x0c\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x14\n\x0c\x66\x61iled_at_ms\x18\x08 \x01(\x03\x12\r\n\x05group\x18\t \x01(\t\"\x8a\x01\n\x08Skeleton\x12\x36\n\x08segments\x18\x01 \x03(\x0b\x32$.mailyard.events.v1.Skeleton.Segment\x12\x0c\n\x04size\x18\x02 \x01(\x03\x1a\x38\n\x07Segment\x12\x11\n\x07literal\x18\x01 \x01(\x0cH\x00\x12\x12\n\x08\x62lob_key\x18\x02 \x01(\tH\x00\x42\x06\n\x04kindb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmailyard/proto/events.proto\x12\x12mailyard.events.v1\"\xe0\x01\n\x0fInboundEnvelope\x12\x10\n\x08queue_id\x18\x01 \x01(\t\x12\x11\n\tmail_from\x18\x02 \x01(\t\x12\x0f\n\x07rcpt_to\x18\x03 \x03(\t\x12\x11\n\tspool_key\x18\x04 \x01(\t\x12\x16\n\x0ereceived_at_ms\x18\x05 \x01(\x03\x12\x11\n\tclient_ip\x18\x06 \x01(\t\x12\x0c\n\x04helo\x18\x07 \x01(\t\x12\x0c\n\x04size\x18\x08 \x01(\x03\x12\x10\n\x08smtputf8\x18\t \x01(\x08\x12\x17\n\x0f\x63lient_hostname\x18\n \x01(\t\x12\x12\n\nquarantine\x18\x0b \x01(\x08\"\x8b\x02\n\x10OutboundEnvelope\x12\x10\n\x08queue_id\x18\x01 \x01(\t\x12\x11\n\tmail_from\x18\x02 \x01(\t\x12\x0f\n\x07rcpt_to\x18\x03 \x03(\t\x12\x11\n\tspool_key\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x0f\n\x07user_id\x18\x06 \x01(\t\x12\x17\n\x0fsubmitted_at_ms\x18\x07 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x12\n\ngeneration\x18\t \x01(\x03\x12\x15\n\rnot_before_ms\x18\n \x01(\x03\x12\x10\n\x08smtputf8\x18\x0b \x01(\x08\x12\x14\n\x0c\x64\x65lay_warned\x18\x0c \x01(\x08\x12\x12\n\nlast_error\x18\r \x01(\t\"\xcd\x01\n\nIndexEvent\x12\x31\n\x04kind\x18\x01 \x01(\x0e\x32#.mailyard.events.v1.IndexEvent.Kind\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\"X\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n\rMESSAGE_ADDED\x10\x01\x12\x12\n\x0eLABELS_CHANGED\x10\x02\x12\x13\n\x0fMESSAGE_DELETED\x10\x03\"\xa1\x01\n\nDeadLetter\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0b\n\x03key\x18\x04 \x01(\x0c\x12\r\n\x05value\x18\x05 \x01(\x0c\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x14\n\x0c\x66\x61iled_at_ms\x18\x08 \x01(\x03\x12\r\n\x05group\x18\t \x01(\t\"\x8a\x01\n\x08Skeleton\x12\x36\n\x08segments\x18\x01 \x03(\x0b\x32$.mailyard.events.v1.Skeleton.Segment\x12\x0c\n\x04size\x18\x02 \x01(\x03\x1a\x38\n\x07Segment\x12\x11\n\x07literal\x18\x01 \x01(\x0cH\x00\x12\x12\n\x08\x62lob_key\x18\x02 \x01(\tH\x00\x42\x06\n\x04kindb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INBOUNDENVELOPE']._serialized_start=52
   _globals['_INBOUNDENVELOPE']._serialized_end=276
-  _globals['_INDEXEVENT']._serialized_start=279
-  _globals['_INDEXEVENT']._serialized_end=484
-  _globals['_INDEXEVENT_KIND']._serialized_start=396
-  _globals['_INDEXEVENT_KIND']._serialized_end=484
-  _globals['_DEADLETTER']._serialized_start=487
-  _globals['_DEADLETTER']._serialized_end=648
-  _globals['_SKELETON']._serialized_start=651
-  _globals['_SKELETON']._serialized_end=789
-  _globals['_SKELETON_SEGMENT']._serialized_start=733
-  _globals['_SKELETON_SEGMENT']._serialized_end=789
+  _globals['_OUTBOUNDENVELOPE']._serialized_start=279
+  _globals['_OUTBOUNDENVELOPE']._serialized_end=546
+  _globals['_INDEXEVENT']._serialized_start=549
+  _globals['_INDEXEVENT']._serialized_end=754
+  _globals['_INDEXEVENT_KIND']._serialized_start=666
+  _globals['_INDEXEVENT_KIND']._serialized_end=754
+  _globals['_DEADLETTER']._serialized_start=757
+  _globals['_DEADLETTER']._serialized_end=918
+  _globals['_SKELETON']._serialized_start=921
+  _globals['_SKELETON']._serialized_end=1059
+  _globals['_SKELETON_SEGMENT']._serialized_start=1003
+  _globals['_SKELETON_SEGMENT']._serialized_end=1059
 # @@protoc_insertion_point(module_scope)

@@ -33,6 +33,36 @@ class InboundEnvelope(_message.Message):
     quarantine: bool
     def __init__(self, queue_id: _Optional[str] = ..., mail_from: _Optional[str] = ..., rcpt_to: _Optional[_Iterable[str]] = ..., spool_key: _Optional[str] = ..., received_at_ms: _Optional[int] = ..., client_ip: _Optional[str] = ..., helo: _Optional[str] = ..., size: _Optional[int] = ..., smtputf8: _Optional[bool] = ..., client_hostname: _Optional[str] = ..., quarantine: _Optional[bool] = ...) -> None: ...
 
+class OutboundEnvelope(_message.Message):
+    __slots__ = ("queue_id", "mail_from", "rcpt_to", "spool_key", "size", "user_id", "submitted_at_ms", "attempt", "generation", "not_before_ms", "smtputf8", "delay_warned", "last_error")
+    QUEUE_ID_FIELD_NUMBER: _ClassVar[int]
+    MAIL_FROM_FIELD_NUMBER: _ClassVar[int]
+    RCPT_TO_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_MS_FIELD_NUMBER: _ClassVar[int]
+    SMTPUTF8_FIELD_NUMBER: _ClassVar[int]
+    DELAY_WARNED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    queue_id: str
+    mail_from: str
+    rcpt_to: _containers.RepeatedScalarFieldContainer[str]
+    spool_key: str
+    size: int
+    user_id: str
+    submitted_at_ms: int
+    attempt: int
+    generation: int
+    not_before_ms: int
+    smtputf8: bool
+    delay_warned: bool
+    last_error: str
+    def __init__(self, queue_id: _Optional[str] = ..., mail_from: _Optional[str] = ..., rcpt_to: _Optional[_Iterable[str]] = ..., spool_key: _Optional[str] = ..., size: _Optional[int] = ..., user_id: _Optional[str] = ..., submitted_at_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., generation: _Optional[int] = ..., not_before_ms: _Optional[int] = ..., smtputf8: _Optional[bool] = ..., delay_warned: _Optional[bool] = ..., last_error: _Optional[str] = ...) -> None: ...
+
 class IndexEvent(_message.Message):
     __slots__ = ("kind", "user_id", "message_id", "at_ms")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):

@@ -16,8 +16,9 @@ import pytest
 
 from mailyard.store.errors import AlreadyExists, NotFound, StorageError, VersionConflict
 from mailyard.store.metadata.base import (CHANGE_ADDED, CHANGE_DELETED, CHANGE_LABELS,
+                                          OUTBOUND_DEFERRED, OUTBOUND_HELD, OUTBOUND_QUEUED,
                                           AttachmentRef, Draft, MessageRecord, MetadataStore,
-                                          User)
+                                          OutboundEntry, User)
 from mailyard.store.metadata.sqlite import SqliteMetadataStore
 
 from .conftest_ports import MetadataFactory
@@ -652,3 +653,62 @@ async def test_change_log_seq_is_gapless_across_stores(metadata_factory: Metadat
     await asyncio.gather(*(s.put_message(message(user, T0 + i)) for i, s in
                            enumerate(stores * 10)))
     assert [c.seq for c in await stores[0].list_changes(user, 0, 100)] == list(range(1, 31))
+
+
+# --- outbound queue ----------------------------------------------------
+
+def outbound(queue_id: str, generation: int = 1, state: str = OUTBOUND_QUEUED,
+             **fields) -> OutboundEntry:
+    return OutboundEntry(queue_id=queue_id, generation=generation, state=state,
+                         envelope=fields.pop("envelope", b"\x00env\xff" + queue_id.encode()),
+                         next_attempt_ms=fields.pop("next_attempt_ms", T0),
+                         updated_at_ms=fields.pop("updated_at_ms", T0), **fields)
+
+
+async def test_outbound_entries_round_trip_and_upsert(metadata_factory: MetadataFactory):
+    first, second = await metadata_factory(), await metadata_factory()
+    queue_id = uuid.uuid4().hex
+    assert await second.get_outbound(queue_id) is None
+    entry = outbound(queue_id, last_error="451 4.7.1 try later")
+    assert await first.put_outbound(entry)
+    assert await second.get_outbound(queue_id) == entry  # bytes kept exactly, any store
+    replaced = outbound(queue_id, generation=7, state=OUTBOUND_HELD, next_attempt_ms=T0 + 5)
+    assert await first.put_outbound(replaced)
+    assert await second.get_outbound(queue_id) == replaced
+
+
+async def test_outbound_compare_and_set_on_generation(metadata_factory: MetadataFactory):
+    worker, admin = await metadata_factory(), await metadata_factory()
+    queue_id = uuid.uuid4().hex
+    assert not await worker.put_outbound(outbound(queue_id, 2), expected_generation=1)
+    assert await worker.get_outbound(queue_id) is None  # no entry: nothing created
+    await admin.put_outbound(outbound(queue_id, 1))
+    # The admin reschedules (generation 2); the worker's write for generation 1 loses.
+    assert await admin.put_outbound(outbound(queue_id, 2, OUTBOUND_HELD), expected_generation=1)
+    assert not await worker.put_outbound(outbound(queue_id, 2, OUTBOUND_DEFERRED),
+                                         expected_generation=1)
+    assert (await worker.get_outbound(queue_id)).state == OUTBOUND_HELD
+    assert not await worker.delete_outbound(queue_id, expected_generation=1)
+    assert await worker.get_outbound(queue_id) is not None
+    assert await worker.delete_outbound(queue_id, expected_generation=2)
+    assert await admin.get_outbound(queue_id) is None
+    assert not await admin.delete_outbound(queue_id)
+
+
+async def test_outbound_list_in_queue_id_order_with_paging(metadata: MetadataStore):
+    prefix = "t" + uuid.uuid4().hex
+    queue_ids = [f"{prefix}-{i:03d}" for i in range(25)]
+    for queue_id in reversed(queue_ids):
+        await metadata.put_outbound(outbound(queue_id))
+
+    async def page(after: str, limit: int) -> list[str]:
+        return [e.queue_id for e in await metadata.list_outbound(limit, after)
+                if e.queue_id.startswith(prefix)]
+
+    first = await page(prefix, 10)
+    assert first == queue_ids[:10]
+    assert await page(first[-1], 10) == queue_ids[10:20]
+    assert await page(queue_ids[19], 100) == queue_ids[20:]
+    assert await metadata.list_outbound(0, prefix) == []
+    await metadata.delete_outbound(queue_ids[0])
+    assert (await page(prefix, 1)) == [queue_ids[1]]

@@ -79,6 +79,26 @@ class Draft:
     reply_to_id: str = ""          # message_id (ours) it answers, for threading
 
 
+# Where an outgoing message stands (OutboundEntry.state).
+OUTBOUND_QUEUED, OUTBOUND_DEFERRED, OUTBOUND_HELD = "queued", "deferred", "held"
+
+
+@dataclass(slots=True)
+class OutboundEntry:
+    """One message in the outbound queue, like a Postfix queue file: the queue
+    admin commands read and change it, and a delivery worker acts on a queue
+    record only while its generation is the entry's. Every reschedule (a
+    deferral, `queue retry`, `queue release`) bumps the generation, so older
+    records still travelling through the delay tiers are recognised as stale."""
+    queue_id: str
+    generation: int
+    state: str                     # OUTBOUND_QUEUED, OUTBOUND_DEFERRED or OUTBOUND_HELD
+    envelope: bytes                # the latest events_pb2.OutboundEnvelope, serialized
+    next_attempt_ms: int = 0
+    last_error: str = ""
+    updated_at_ms: int = 0
+
+
 # What a change-log entry says happened to a message.
 CHANGE_ADDED, CHANGE_LABELS, CHANGE_DELETED = "added", "labels", "deleted"
 
@@ -286,6 +306,28 @@ class MetadataStore(abc.ABC):
     @abc.abstractmethod
     async def last_change(self, user_id: str) -> int:
         """The seq of the user's latest change, 0 when there is none."""
+
+    # --- outbound queue ------------------------------------------------
+    @abc.abstractmethod
+    async def put_outbound(self, entry: OutboundEntry, expected_generation: int = -1) -> bool:
+        """Writes the entry. With `expected_generation` -1 it is an upsert;
+        otherwise it is written only when a stored entry has that generation
+        (compare-and-set), and False says another writer got there first or the
+        entry was deleted. Durable when it returns."""
+
+    @abc.abstractmethod
+    async def get_outbound(self, queue_id: str) -> OutboundEntry | None:
+        ...
+
+    @abc.abstractmethod
+    async def list_outbound(self, limit: int, after: str = "") -> list[OutboundEntry]:
+        """Entries in queue_id order, starting strictly after `after`. For the
+        admin commands: it may read every partition, never on a hot path."""
+
+    @abc.abstractmethod
+    async def delete_outbound(self, queue_id: str, expected_generation: int = -1) -> bool:
+        """Deletes the entry (only at that generation unless -1); False when
+        there was none to delete."""
 
     # --- blob links ----------------------------------------------------
     @abc.abstractmethod

@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterator, TypeVar
 from mailyard.store.errors import AlreadyExists, NotFound, StorageError, VersionConflict
 from mailyard.store.metadata.base import (CHANGE_ADDED, CHANGE_DELETED, CHANGE_LABELS,
                                           AttachmentRef, Change, Cursor, Draft, MessageRecord,
-                                          MetadataStore, User, thread_subject)
+                                          MetadataStore, OutboundEntry, User,
+                                          thread_subject)
 
 T = TypeVar("T")
 
@@ -125,6 +126,15 @@ SCHEMA = (
         at_ms INTEGER NOT NULL,
         PRIMARY KEY (user_id, seq)
     ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS outbound (
+        queue_id TEXT PRIMARY KEY,
+        generation INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        envelope BLOB NOT NULL,
+        next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL,
+        updated_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS blob_links (
         blob_key TEXT NOT NULL,
         owner TEXT NOT NULL,
@@ -152,6 +162,10 @@ _ADD_LABEL = ("INSERT INTO message_labels (user_id, label, received_at_ms, messa
               " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
 _REMOVE_LABEL = ("DELETE FROM message_labels"
                  " WHERE user_id = ? AND label = ? AND received_at_ms = ? AND message_id = ?")
+
+
+_OUTBOUND_SELECT = ("SELECT queue_id, generation, state, envelope, next_attempt_ms, last_error,"
+                    " updated_at_ms FROM outbound")
 
 
 class SqliteMetadataStore(MetadataStore):
@@ -337,6 +351,24 @@ class SqliteMetadataStore(MetadataStore):
         rows = await self._call(self._read, "SELECT max(seq) FROM changes WHERE user_id = ?",
                                 (user_id.lower(),))
         return rows[0][0] or 0
+
+    # --- outbound queue ------------------------------------------------
+    async def put_outbound(self, entry: OutboundEntry, expected_generation: int = -1) -> bool:
+        return await self._write_call(self._put_outbound, entry, expected_generation)
+
+    async def get_outbound(self, queue_id: str) -> OutboundEntry | None:
+        rows = await self._call(self._read, _OUTBOUND_SELECT + " WHERE queue_id = ?", (queue_id,))
+        return OutboundEntry(*rows[0]) if rows else None
+
+    async def list_outbound(self, limit: int, after: str = "") -> list[OutboundEntry]:
+        if limit <= 0:
+            return []
+        rows = await self._call(self._read, _OUTBOUND_SELECT + " WHERE queue_id > ?"
+                                " ORDER BY queue_id LIMIT ?", (after, limit))
+        return [OutboundEntry(*row) for row in rows]
+
+    async def delete_outbound(self, queue_id: str, expected_generation: int = -1) -> bool:
+        return await self._write_call(self._delete_outbound, queue_id, expected_generation)
 
     # --- blob links ----------------------------------------------------
     async def link_blobs(self, owner: str, keys: list[str]) -> None:
@@ -566,6 +598,26 @@ class SqliteMetadataStore(MetadataStore):
                        (user_id, stored.draft_id, stored.version, stored.updated_at_ms,
                         _draft_content(stored)))
         return stored
+
+    def _put_outbound(self, entry: OutboundEntry, expected_generation: int) -> bool:
+        row = (entry.queue_id, entry.generation, entry.state, entry.envelope,
+               entry.next_attempt_ms, entry.last_error, entry.updated_at_ms)
+        if expected_generation == -1:
+            self._conn().execute(
+                "INSERT OR REPLACE INTO outbound (queue_id, generation, state, envelope,"
+                " next_attempt_ms, last_error, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+            return True
+        return self._conn().execute(
+            "UPDATE outbound SET generation = ?, state = ?, envelope = ?, next_attempt_ms = ?,"
+            " last_error = ?, updated_at_ms = ? WHERE queue_id = ? AND generation = ?",
+            (*row[1:], entry.queue_id, expected_generation)).rowcount == 1
+
+    def _delete_outbound(self, queue_id: str, expected_generation: int) -> bool:
+        sql, params = "DELETE FROM outbound WHERE queue_id = ?", [queue_id]
+        if expected_generation != -1:
+            sql += " AND generation = ?"
+            params.append(expected_generation)
+        return self._conn().execute(sql, params).rowcount == 1
 
     def _delete_draft(self, user_id: str, draft_id: str, expected_version: int) -> bool:
         with _transaction(self._conn()) as db:

@@ -16,3 +16,22 @@ def cluster_address(variable: str) -> str:
     if os.environ.get("MAILYARD_CLUSTER"):
         pytest.fail(f"{variable} is not set: tests/cluster/run did not start its server")
     pytest.skip(f"{variable} not set: run tests/cluster/run")
+
+
+def cluster_settings(keyspace: str) -> dict:
+    """Config settings that put every port on its distributed adapter, at the
+    servers tests/cluster/run started. `keyspace` keeps a test's metadata
+    apart; the other backends are shared and tests use fresh users."""
+    cassandra_host, _, cassandra_port = cluster_address("MAILYARD_CASSANDRA").rpartition(":")
+    return {
+        "storage": {"queue": "kafka", "metadata": "cassandra", "blobs": "s3",
+                    "cache": "redis", "search": "opensearch"},
+        "kafka": {"bootstrap_servers": [cluster_address("MAILYARD_KAFKA")]},
+        "cassandra": {"contact_points": [cassandra_host], "port": int(cassandra_port),
+                      "keyspace": keyspace},
+        "s3": {"endpoint_url": cluster_address("MAILYARD_S3"),
+               "access_key_id": cluster_address("MAILYARD_S3_ACCESS_KEY"),
+               "secret_access_key": cluster_address("MAILYARD_S3_SECRET_KEY")},
+        "redis": {"url": cluster_address("MAILYARD_REDIS")},
+        "opensearch": {"hosts": [cluster_address("MAILYARD_OPENSEARCH")]},
+    }

@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "user) from the stored messages")
     reindex.add_argument("user", nargs="?")
 
+    schema = commands.add_parser("schema", help="the Cassandra keyspace of the metadata store"
+                                 ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    schema.add_parser("apply", help="create the [cassandra] keyspace and any missing tables "
+                                    "(idempotent; run before the first start and after upgrades)")
+
     check = commands.add_parser(
         "authcheck", help="evaluate SPF, DKIM, ARC and DMARC of a message read from stdin "
                           "and print the Authentication-Results header the MX would add")
@@ -200,6 +205,19 @@ def cmd_search_reindex(config: Config, args) -> None:
     print(f"reindexed {asyncio.run(work())} messages")
 
 
+def cmd_schema_apply(config: Config, args) -> int:
+    from mailyard.store.errors import StorageError
+    from mailyard.store.metadata.cassandra import apply_schema
+
+    try:
+        for line in asyncio.run(apply_schema(config.cassandra)):
+            print(line)
+    except StorageError as exc:
+        print(f"mailyard: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_authcheck(config: Config, args) -> int:
     import ipaddress
 
@@ -261,6 +279,7 @@ def to_toml(values: dict) -> str:
 
 
 COMMANDS = {
+    ("schema", "apply"): cmd_schema_apply,
     ("up", None): cmd_up,
     ("run", None): cmd_run,
     ("user", "add"): cmd_user_add,

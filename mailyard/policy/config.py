@@ -226,7 +226,12 @@ class KafkaConfig:
     """Queue on Kafka (storage.queue = "kafka")."""
     bootstrap_servers: list[str] = field(default_factory=lambda: ["127.0.0.1:19092"])
     client_id: str = "mailyard"
+    # Replicas of the topics mailyard creates (on first use, with
+    # queue.partitions partitions); a majority of them must hold a record
+    # before a publish returns (min.insync.replicas). 3 in production.
     replication_factor: int = 1
+    # Bounds every call, retries included: a publish Kafka has not
+    # acknowledged by then fails, and the MX answers 451.
     request_timeout: float = 10.0
 
 
@@ -250,16 +255,29 @@ class S3Config:
     endpoint_url: str = "http://127.0.0.1:17070"
     region: str = "us-east-1"
     bucket: str = "mailyard"
+    # Empty: the usual AWS sources (AWS_ACCESS_KEY_ID, ~/.aws, an instance role).
     access_key_id: str = ""
     secret_access_key: str = ""
     request_timeout: float = 30.0
+    # Attempts per request, with botocore's backoff between them.
+    max_attempts: int = 4
+    # Blobs this large or larger go up as a multipart upload in parts this large
+    # (S3 wants parts of at least 5 MiB, all but the last).
+    multipart_threshold: int = 8 * 1024 * 1024
+    multipart_part_size: int = 8 * 1024 * 1024
 
 
 @dataclass
 class RedisConfig:
     """Cache on Redis (storage.cache = "redis")."""
     url: str = "redis://127.0.0.1:16379/0"
+    # Bounds every call, retry included: a slow or absent Redis must cost
+    # little, since callers fall back to the MetadataStore.
     request_timeout: float = 1.0
+    max_connections: int = 64
+    # Expiries set with `set` are shortened by up to this fraction at random,
+    # so entries written together (a cache refill) do not expire together.
+    ttl_jitter: float = 0.1
 
 
 @dataclass
@@ -270,6 +288,14 @@ class OpenSearchConfig:
     username: str = ""
     password: str = ""
     request_timeout: float = 10.0
+    # The messages index, created by the first process that finds it missing.
+    shards: int = 1
+    replicas: int = 1
+    # A bulk write is searchable when it returns (the SearchIndex promise):
+    # "true" refreshes the shards it wrote at once; "wait_for" waits for the
+    # next periodic refresh (<= 1 s), which caps one indexer at about one batch
+    # a second but lets many indexers share refreshes on a large cluster.
+    refresh: str = "true"
 
 
 @dataclass
@@ -307,11 +333,13 @@ class Config:
 DMARC_MODES = ("enforce", "quarantine", "monitor")
 # Values a setting may take, where not every value of its type makes sense.
 CHOICES = {
-    "storage.queue": ("sqlite",),
-    "storage.metadata": ("sqlite",),
-    "storage.blobs": ("fs",),
-    "storage.cache": ("memory",),
-    "storage.search": ("fts5",),
+    "storage.queue": ("sqlite", "kafka"),
+    "storage.metadata": ("sqlite", "cassandra"),
+    "cassandra.consistency": ("ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "ALL"),
+    "storage.blobs": ("fs", "s3"),
+    "storage.cache": ("memory", "redis"),
+    "storage.search": ("fts5", "opensearch"),
+    "opensearch.refresh": ("true", "wait_for"),
     "log.level": ("debug", "info", "warning", "error"),
     "dmarc.mode": DMARC_MODES,
     "tls.min_version": ("TLSv1.2", "TLSv1.3"),
@@ -330,7 +358,12 @@ POSITIVE = {"mx.processes", "mx.max_message_size", "mx.max_recipients", "mx.idle
             "greylist.retry_window", "greylist.pass_ttl",
             "search.batch_size", "search.max_attachment_bytes", "search.max_text_chars",
             "search.timeout", "search.breaker_failures", "search.breaker_reset",
-            "search.cache_mib"}
+            "search.cache_mib",
+            "opensearch.request_timeout", "opensearch.shards",
+            "redis.request_timeout", "redis.max_connections",
+            "s3.request_timeout", "s3.max_attempts", "s3.multipart_threshold",
+            "s3.multipart_part_size",
+            "kafka.request_timeout", "kafka.replication_factor"}
 LISTEN_KEYS = {"mx.listen", "mailbox.listen", "gateway.listen"}
 
 

@@ -25,9 +25,21 @@ def _open_queue(config: Config) -> Queue:
                        retention_ms=config.queue.retention_hours * 3600 * 1000)
 
 
+def _open_kafka_queue(config: Config) -> Queue:
+    from mailyard.store.queue.kafka import KafkaQueue
+    return KafkaQueue(config.kafka, partitions=config.queue.partitions,
+                      member_ttl=config.queue.member_ttl,
+                      retention_ms=config.queue.retention_hours * 3600 * 1000)
+
+
 def _open_metadata(config: Config) -> MetadataStore:
     from mailyard.store.metadata.sqlite import SqliteMetadataStore
     return SqliteMetadataStore(config.data_path / "metadata.db")
+
+
+def _open_cassandra_metadata(config: Config) -> MetadataStore:
+    from mailyard.store.metadata.cassandra import CassandraMetadataStore
+    return CassandraMetadataStore(config.cassandra)
 
 
 def _open_blobs(config: Config) -> BlobStore:
@@ -35,16 +47,26 @@ def _open_blobs(config: Config) -> BlobStore:
     return FsBlobStore(config.data_path / "blobs")
 
 
+def _open_s3_blobs(config: Config) -> BlobStore:
+    from mailyard.store.blobs.s3 import S3BlobStore
+    return S3BlobStore(config.s3)
+
+
 def _open_cache(config: Config) -> Cache:
     from mailyard.store.cache.memory import MemoryCache
     return MemoryCache()
 
 
+def _open_redis_cache(config: Config) -> Cache:
+    from mailyard.store.cache.redis import RedisCache
+    return RedisCache(config.redis)
+
+
 _OPENERS = {
-    "queue": {"sqlite": _open_queue},
-    "metadata": {"sqlite": _open_metadata},
-    "blobs": {"fs": _open_blobs},
-    "cache": {"memory": _open_cache},
+    "queue": {"sqlite": _open_queue, "kafka": _open_kafka_queue},
+    "metadata": {"sqlite": _open_metadata, "cassandra": _open_cassandra_metadata},
+    "blobs": {"fs": _open_blobs, "s3": _open_s3_blobs},
+    "cache": {"memory": _open_cache, "redis": _open_redis_cache},
 }
 
 
@@ -56,12 +78,10 @@ class Stores:
     _starting: dict = field(default_factory=dict)
 
     async def get(self, port: str):
-        if port not in self._open:
-            Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
-            adapter = _OPENERS[port][getattr(self.config.storage, port)](self.config)
-            await adapter.start()
-            self._open[port] = adapter
-        return self._open[port]
+        """The port's configured adapter, opened once per process: services
+        starting together share the one being started."""
+        return await self.extra(
+            port, lambda: _OPENERS[port][getattr(self.config.storage, port)](self.config))
 
     async def extra(self, name: str, open_adapter: Callable[[], Any]):
         """An adapter of a port declared outside store/ (searchd's SearchIndex),
@@ -72,7 +92,14 @@ class Stores:
             adapter = open_adapter()
             self._open[name] = adapter
             self._starting[name] = asyncio.ensure_future(adapter.start())
-        await self._starting[name]
+        starting = self._starting[name]
+        try:
+            await starting
+        except BaseException:
+            # A failed start is not kept: the next caller tries afresh.
+            if self._starting.get(name) is starting:
+                del self._starting[name], self._open[name]
+            raise
         return self._open[name]
 
     async def queue(self) -> Queue:

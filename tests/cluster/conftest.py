@@ -33,5 +33,6 @@ def cluster_settings(keyspace: str) -> dict:
                "access_key_id": cluster_address("MAILYARD_S3_ACCESS_KEY"),
                "secret_access_key": cluster_address("MAILYARD_S3_SECRET_KEY")},
         "redis": {"url": cluster_address("MAILYARD_REDIS")},
-        "opensearch": {"hosts": [cluster_address("MAILYARD_OPENSEARCH")]},
+        # One node: replicas would leave the index yellow.
+        "opensearch": {"hosts": [cluster_address("MAILYARD_OPENSEARCH")], "replicas": 0},
     }

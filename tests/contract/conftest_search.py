@@ -18,10 +18,15 @@ SEARCH_ADAPTERS = ["fts5"] + (["opensearch"] if os.environ.get("MAILYARD_OPENSEA
 
 @pytest.fixture(params=SEARCH_ADAPTERS)
 async def search_index(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[SearchIndex]:
-    if request.param != "fts5":
-        pytest.skip(f"{request.param} search adapter not built yet")
-    from mailyard.searchd.index.fts5 import Fts5SearchIndex
-    index = Fts5SearchIndex(tmp_path / "search.db")
+    if request.param == "opensearch":
+        from mailyard.policy.config import OpenSearchConfig
+        from mailyard.searchd.index.opensearch import OpenSearchIndex
+        index = OpenSearchIndex(OpenSearchConfig(
+            hosts=[os.environ["MAILYARD_OPENSEARCH"]], index_prefix="mailyard-contract",
+            replicas=0))
+    else:
+        from mailyard.searchd.index.fts5 import Fts5SearchIndex
+        index = Fts5SearchIndex(tmp_path / "search.db")
     await index.start()
     yield index
     await index.close()

@@ -11,6 +11,9 @@ def open_index(config: Config) -> SearchIndex:
     if config.storage.search == "fts5":
         from mailyard.searchd.index.fts5 import Fts5SearchIndex
         return Fts5SearchIndex(config.data_path / "search.db", cache_mib=config.search.cache_mib)
+    if config.storage.search == "opensearch":
+        from mailyard.searchd.index.opensearch import OpenSearchIndex
+        return OpenSearchIndex(config.opensearch)
     raise ValueError(f"unknown search index {config.storage.search!r}")
 
 

@@ -1,17 +1,31 @@
 """The BlobStore port: immutable, content-addressed bytes.
 
 A blob's key is `sha256/<hex of its bytes>`, so writing the same bytes twice
-stores them once and a replayed write is harmless.
+stores them once and a replayed write is harmless. Every adapter refuses any
+other key with ValueError (`key_digest`).
 """
 from __future__ import annotations
 
 import abc
 import hashlib
+import re
 from typing import AsyncIterator
+
+_KEY = re.compile(r"sha256/([0-9a-f]{64})")
 
 
 def blob_key(data: bytes) -> str:
     return "sha256/" + hashlib.sha256(data).hexdigest()
+
+
+def key_digest(key: str) -> str:
+    """The hex digest a key names; ValueError for anything but
+    `sha256/<64 lowercase hex>`, so no key can name a file or object outside
+    the store."""
+    match = _KEY.fullmatch(key)
+    if match is None:
+        raise ValueError(f"invalid blob key: {key!r}")
+    return match.group(1)
 
 
 class BlobStore(abc.ABC):

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, AsyncIterator, BinaryIO, Callable, TypeVar
 
-from mailyard.store.blobs.base import BlobStore, blob_key
+from mailyard.store.blobs.base import BlobStore, blob_key, key_digest
 from mailyard.store.errors import NotFound, StorageError
 
-_KEY = re.compile(r"sha256/([0-9a-f]{64})")
 TMP_PREFIX = ".tmp-"  # temporary files start with this; never a valid blob name
 
 T = TypeVar("T")
@@ -37,12 +35,8 @@ class FsBlobStore(BlobStore):
         self.root = Path(root)
 
     def path_for(self, key: str) -> Path:
-        """The file holding `key`; ValueError for anything but `sha256/<64 lowercase hex>`,
-        so no key can name a path outside the store."""
-        match = _KEY.fullmatch(key)
-        if match is None:
-            raise ValueError(f"invalid blob key: {key!r}")
-        hexdigest = match.group(1)
+        """The file holding `key`; ValueError for an invalid key."""
+        hexdigest = key_digest(key)
         return self.root / "sha256" / hexdigest[:2] / hexdigest[2:4] / hexdigest
 
     async def start(self) -> None:

@@ -36,6 +36,8 @@ def config_text(zone_file: Path, settings: dict) -> str:
     # Keys that only some versions of the configuration model have.
     if hasattr(model, "GatewayConfig"):
         base["gateway"] = {"listen": "127.0.0.1:0"}
+    if hasattr(model, "SubmissionConfig"):
+        base["submission"] = {"listen": "127.0.0.1:0", "tls_listen": "127.0.0.1:0"}
     if "quota_units" in model.MailboxConfig.__dataclass_fields__:
         base["mailbox"]["quota_units"] = 0
     return to_toml(_merge(base, settings))

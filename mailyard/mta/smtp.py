@@ -21,6 +21,8 @@ _STOCK = {
     "503 Error: nested MAIL command": "503 5.5.1 Nested MAIL command",
     "500 Error: strict ASCII mode": "500 5.6.7 Non-ASCII data without SMTPUTF8",
     "250 OK": "250 2.0.0 OK",
+    "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
+    "503 Already authenticated": "503 5.5.1 Already authenticated",
     "221 Bye": "221 2.0.0 Bye",
 }
 # The enhanced code for other stock replies, by reply code.
@@ -56,8 +58,18 @@ class EnhancedSMTP(SMTP):
             self.line_length_limit = line_length_limit
         super().__init__(handler, *args, **kwargs)
 
-    async def push(self, status: str) -> None:
-        await super().push(with_enhanced_code(status))
+    async def push(self, status: str | bytes) -> None:
+        # AUTH challenges ("334 <base64>") come as bytes and carry no status code.
+        await super().push(status if isinstance(status, bytes) else with_enhanced_code(status))
+
+    def _getaddr(self, arg: str):
+        # Python 3.11's address parser raises IndexError on "aperson@" (an @
+        # that ends the input) where aiosmtpd expects HeaderParseError; the
+        # client would get "500 (IndexError) ..." instead of "553 5.1.3".
+        try:
+            return super()._getaddr(arg)
+        except Exception:
+            return None, None
 
     async def _handle_client(self) -> None:
         check = getattr(self.event_handler, "connect_check", None)

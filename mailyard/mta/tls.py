@@ -1,4 +1,4 @@
-"""STARTTLS for the MX: the server context, and a self-signed pair when none is configured.
+"""TLS for the MX and submission: the server context, and a self-signed pair when none is configured.
 
 Senders on the public internet do not check an MX's certificate (RFC 7435,
 opportunistic TLS), so a self-signed certificate made on first start still
@@ -53,6 +53,12 @@ def server_context(config: Config) -> ssl.SSLContext | None:
     """The MX's TLS context, or None when STARTTLS is off."""
     if not config.tls.starttls:
         return None
+    return certificate_context(config)
+
+
+def certificate_context(config: Config) -> ssl.SSLContext:
+    """A server context with [tls]'s certificate, else the self-signed pair.
+    Submission always needs one: `tls.starttls` only switches the MX's off."""
     if config.tls.cert_file:
         cert, key = Path(config.tls.cert_file), Path(config.tls.key_file)
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import sys
 import time
 
@@ -57,10 +58,61 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "user) from the stored messages")
     reindex.add_argument("user", nargs="?")
 
+    imports = commands.add_parser(
+        "import", help="import a user's mail from an mbox file or a Maildir; run it again "
+                       "after an interruption to continue").add_subparsers(
+        dest="action", required=True, metavar="FORMAT")
+    mbox = imports.add_parser("mbox", help="an mbox file: its messages go under INBOX "
+                                           "(or --label); Status/X-Status give read/starred")
+    mbox.add_argument("user")
+    mbox.add_argument("path")
+    mbox.add_argument("--label", help="the label its messages get instead of INBOX")
+    mbox.add_argument("--quoting", choices=("mboxrd", "mboxo"), default="mboxrd",
+                      help='how ">From " lines are unquoted (default mboxrd)')
+    maildir = imports.add_parser("maildir", help="a Maildir: folders become labels, "
+                                                 "flags read state")
+    maildir.add_argument("user")
+    maildir.add_argument("path")
+
+    export = commands.add_parser("export", help="write a user's mail as an mbox file "
+                                                "(stdout by default) or a Maildir")
+    export.add_argument("user")
+    export.add_argument("--format", choices=("mbox", "maildir"), required=True)
+    export.add_argument("--output", metavar="PATH",
+                        help="the mbox file or the new Maildir (default for mbox: stdout)")
+    export.add_argument("--label", help="only the messages carrying this label")
+
     schema = commands.add_parser("schema", help="the Cassandra keyspace of the metadata store"
                                  ).add_subparsers(dest="action", required=True, metavar="ACTION")
     schema.add_parser("apply", help="create the [cassandra] keyspace and any missing tables "
                                     "(idempotent; run before the first start and after upgrades)")
+
+    dkim = commands.add_parser("dkim", help="DKIM signing keys").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    keygen = dkim.add_parser("keygen", help="write a new signing key for DOMAIN under the data "
+                                            "directory and print its DNS record and config lines")
+    keygen.add_argument("domain")
+    keygen.add_argument("--selector", help="default: the year and month, e.g. 202506r")
+    keygen.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa",
+                        help="rsa (2048 bits, default) or ed25519 (RFC 8463; sign with both)")
+
+    outq = commands.add_parser("queue", help="the outbound queue (like postqueue/postsuper)"
+                               ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    outq.add_parser("list", help="messages waiting for remote delivery: id, state, size, next "
+                                 "attempt, sender, last error, recipients (like mailq)")
+    outq.add_parser("show", help="everything about one message, and its headers"
+                    ).add_argument("id")
+    retry = outq.add_parser("retry", help="attempt delivery now (held messages excepted)")
+    retry.add_argument("ids", nargs="*", metavar="ID")
+    retry.add_argument("--all", action="store_true", help="every message not on hold")
+    for name, text in (("delete", "remove from the queue, without a bounce"),
+                       ("hold", "keep from delivery until released"),
+                       ("release", "take off hold and attempt delivery now")):
+        outq.add_parser(name, help=text).add_argument("ids", nargs="+", metavar="ID")
+
+    status = commands.add_parser("status", help="services, queue lag, outbound queue, storage "
+                                                "use and accounts on one screen (read-only)")
+    status.add_argument("--json", action="store_true", help="print it as JSON, for scripts")
 
     check = commands.add_parser(
         "authcheck", help="evaluate SPF, DKIM, ARC and DMARC of a message read from stdin "
@@ -205,6 +257,67 @@ def cmd_search_reindex(config: Config, args) -> None:
     print(f"reindexed {asyncio.run(work())} messages")
 
 
+def _transfer(config: Config, work):
+    """Runs an import or export on the configured stores; bad arguments are usage errors."""
+    from mailyard.store.stores import Stores
+    from mailyard.store.transfer import SourceError
+
+    async def run():
+        stores = Stores(config)
+        try:
+            return await work(stores)
+        finally:
+            await stores.close()
+
+    try:
+        return asyncio.run(run())
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_import(config: Config, args) -> int:
+    from pathlib import Path
+
+    from mailyard.store.errors import StorageError
+    from mailyard.store.transfer import Progress, import_mailbox
+
+    try:
+        report = _transfer(config, lambda stores: import_mailbox(
+            config, stores, args.user, args.action, Path(args.path),
+            label=getattr(args, "label", None), quoting=getattr(args, "quoting", "mboxrd"),
+            progress=Progress("importing")))
+    except StorageError as exc:
+        print(f"mailyard: import stopped: {exc}; run the same command again to continue",
+              file=sys.stderr)
+        return 75  # EX_TEMPFAIL
+    except KeyboardInterrupt:
+        print("mailyard: import interrupted; run the same command again to continue",
+              file=sys.stderr)
+        return 130
+    for warning in report.warnings:
+        print(f"mailyard: warning: {warning}", file=sys.stderr)
+    for where, why in report.bad:
+        print(f"mailyard: malformed (stored raw): {where}: {why}", file=sys.stderr)
+    print(report.summary(args.user.strip().lower()))
+    return 0
+
+
+def cmd_export(config: Config, args) -> int:
+    from pathlib import Path
+
+    from mailyard.store.transfer import Progress, export_mailbox
+
+    output = Path(args.output) if args.output else None
+    report = _transfer(config, lambda stores: export_mailbox(
+        config, stores, args.user, args.format, output, label=args.label,
+        progress=Progress("exporting")))
+    for message_id in report.missing:
+        print(f"mailyard: message {message_id}: its blobs are missing, not exported",
+              file=sys.stderr)
+    print(report.summary(args.user.strip().lower(), args.format), file=sys.stderr)
+    return 1 if report.missing else 0
+
+
 def cmd_schema_apply(config: Config, args) -> int:
     from mailyard.store.errors import StorageError
     from mailyard.store.metadata.cassandra import apply_schema
@@ -246,6 +359,50 @@ def cmd_authcheck(config: Config, args) -> int:
     return 0
 
 
+def cmd_dkim_keygen(config: Config, args) -> None:
+    import re
+
+    from mailyard.mta.dkim_sign import default_selector, generate, zone_line
+
+    domain = args.domain.strip().lower().rstrip(".")
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+", domain):
+        raise UsageError(f"{args.domain!r} is not a domain name")
+    algorithm = {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}[args.algorithm]
+    selector = args.selector or default_selector(algorithm)
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?", selector):
+        raise UsageError(f"{selector!r} is not a selector (letters, digits, - and _)")
+    try:
+        key = generate(config.data_path, domain, selector, algorithm)
+    except FileExistsError as exc:
+        raise UsageError(f"{exc.filename} exists; pick another --selector") from None
+    entry = to_toml({"domain": key.entry.domain, "selector": key.entry.selector,
+                     "private_key_file": key.entry.private_key_file,
+                     "algorithm": key.entry.algorithm})
+    print(f"wrote {key.path} (mode 0600)\n\n"
+          f"Publish this DNS TXT record:\n"
+          f"  name:  {key.dns_name}\n"
+          f"  value: {key.dns_value}\n"
+          f"  zone:  {zone_line(key.dns_name, key.dns_value)}\n\n"
+          f"Then add to the configuration and restart the submission, mailbox and gateway "
+          f"services:\n[[dkim.keys]]\n{entry}", end="")
+
+
+def cmd_queue(config: Config, args) -> int:
+    from mailyard.mta.outbound.admin import command
+
+    if args.action == "retry" and bool(args.ids) == args.all:
+        raise UsageError("queue retry takes message ids or --all")
+    ids = [args.id] if args.action == "show" else getattr(args, "ids", [])
+    return command(config, args.action, ids, everything=getattr(args, "all", False))
+
+
+def cmd_status(config: Config, args) -> None:
+    from mailyard.policy.status import collect, format_text
+
+    report = collect(config)
+    print(json.dumps(report, indent=2) if args.json else format_text(report).rstrip("\n"))
+
+
 def cmd_config_show(config: Config, args) -> None:
     print(to_toml(config_module.to_dict(config)), end="")
 
@@ -258,10 +415,14 @@ def to_toml(values: dict) -> str:
             return repr(value)
         if isinstance(value, list):
             return "[" + ", ".join(scalar(v) for v in value) + "]"
-        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(value, dict):  # an inline table, as in an array of tables
+            return "{" + ", ".join(f"{key(k)} = {scalar(v)}" for k, v in value.items()) + "}"
+        # A TOML basic string: JSON's escapes (control characters included), DEL too.
+        return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
-    def key(name: str) -> str:
-        return name if name.replace("_", "").replace("-", "").isalnum() else scalar(name)
+    def key(name: str) -> str:  # bare keys are ASCII only
+        bare = name.isascii() and name.replace("_", "").replace("-", "").isalnum()
+        return name if bare else scalar(name)
 
     def table(name: str, entries: dict) -> list[str]:
         out = ["", f"[{name}]"] + [f"{key(k)} = {scalar(v)}" for k, v in entries.items()
@@ -279,7 +440,6 @@ def to_toml(values: dict) -> str:
 
 
 COMMANDS = {
-    ("schema", "apply"): cmd_schema_apply,
     ("up", None): cmd_up,
     ("run", None): cmd_run,
     ("user", "add"): cmd_user_add,
@@ -289,5 +449,13 @@ COMMANDS = {
     ("token", "issue"): cmd_token_issue,
     ("config", "show"): cmd_config_show,
     ("search", "reindex"): cmd_search_reindex,
+    ("import", "mbox"): cmd_import,
+    ("import", "maildir"): cmd_import,
+    ("export", None): cmd_export,
+    ("schema", "apply"): cmd_schema_apply,
     ("authcheck", None): cmd_authcheck,
+    ("status", None): cmd_status,
+    ("dkim", "keygen"): cmd_dkim_keygen,
+    **{("queue", action): cmd_queue
+       for action in ("list", "show", "retry", "delete", "hold", "release")},
 }

@@ -215,7 +215,104 @@ class GatewayConfig:
     listen: str = "127.0.0.1:8080"
 
 
-SERVICES = ("mx", "delivery", "mailbox", "indexer", "gateway")
+SERVICES = ("mx", "delivery", "mailbox", "indexer", "gateway", "submission", "outbound")
+
+
+@dataclass
+class SubmissionConfig:
+    """SMTP submission for users' mail clients (RFC 6409, RFC 8314): STARTTLS
+    on `listen` (587 in production), implicit TLS on `tls_listen` (465), AUTH
+    always required. The certificate is [tls]'s, as for the MX."""
+    listen: str = "127.0.0.1:2587"
+    tls_listen: str = "127.0.0.1:2465"
+    max_message_size: int = 25 * MiB
+    max_recipients: int = 100
+    idle_timeout: float = 300.0
+    # Per user, counted through the Cache (shared when it is Redis); the API's
+    # SendMessage and SendDraft count against the same limits.
+    messages_per_hour: int = 100       # 450 4.7.1 past it
+    recipients_per_day: int = 500      # 550 5.7.1 past it
+    # Failed AUTHs within `auth_failure_window` seconds after which a client
+    # IP, or a login name from anywhere, is refused with 454 4.7.0 until the
+    # window ends (even with the right password).
+    auth_failures_per_ip: int = 10
+    auth_failures_per_user: int = 10
+    auth_failure_window: float = 900.0
+    # Addresses a user may send as besides their own, like Postfix's
+    # smtpd_sender_login_maps: {"postmaster@example.com" = "alice@example.com"}.
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DkimKeyConfig:
+    """One signing key: `mailyard dkim keygen` writes the file and prints these lines."""
+    domain: str = ""
+    selector: str = ""
+    private_key_file: str = ""         # PEM (PKCS#8 or PKCS#1), readable by mailyard only
+    algorithm: str = "rsa-sha256"      # or "ed25519-sha256" (RFC 8463)
+
+
+@dataclass
+class DkimConfig:
+    """DKIM signing of outgoing mail ([[dkim.keys]] tables): every key of the
+    From: domain signs (an RSA and an Ed25519 key give two signatures); mail
+    from a domain without a key goes out unsigned, with a warning in the log."""
+    keys: list[DkimKeyConfig] = field(default_factory=list)
+
+
+@dataclass
+class OutboundConfig:
+    """Delivery of outgoing mail to other servers (the outbound service):
+    MX lookup, SMTP with opportunistic STARTTLS, retries, DSNs."""
+    # Our name in EHLO; `hostname` when empty.
+    helo_name: str = ""
+    # Seconds to connect and read the greeting; to wait for any later reply
+    # (RFC 5321 4.5.3.2 asks for minutes: the end of DATA may take long).
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    # Messages in delivery at once in one process.
+    concurrency: int = 100
+    # Connections open at once to one destination (a domain, or the relay).
+    destination_concurrency: int = 10
+    # Messages one connection carries before it is closed for a fresh one.
+    messages_per_connection: int = 100
+    # How long an idle connection waits for more mail to its destination.
+    connection_idle: float = 2.0
+    # Waits before each retry ("90s", "2m", "1h", "1d"); the last one repeats.
+    retry_schedule: list[str] = field(default_factory=lambda: [
+        "2m", "5m", "10m", "15m", "30m", "1h", "2h", "1d"])
+    # A message still undelivered this long after it was sent bounces (5 days).
+    expire_after: float = 5 * 86400.0
+    # The sender is told once (a DSN with Action: delayed) when delivery takes
+    # longer than this; 0: never.
+    delay_warning_after: float = 4 * 3600.0
+    # STARTTLS: "may" (when offered, certificate unchecked, RFC 7435),
+    # "encrypt" (required), "verify" (required, certificate checked against
+    # the MX host name), "none".
+    tls_policy: str = "may"
+    # CA certificates (PEM) for "verify"; the system's when empty.
+    tls_ca_file: str = ""
+    # A smarthost ("host" or "host:port") that takes every message instead of
+    # the recipients' MX hosts; empty: deliver directly.
+    relay_host: str = ""
+    # The port of remote MX hosts: 25. A test and lab setting, so receivers
+    # on other loopback addresses can listen on an unprivileged port.
+    remote_port: int = 25
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "90s", "2m", "1h", "1d" or a bare number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    scale = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (expected e.g. 90s, 2m, 1h, 1d)") from None
+    if not seconds > 0:
+        raise ValueError(f"a duration must be positive, not {text!r}")
+    return seconds
 
 
 # Connection settings of the distributed adapters, read only when [storage]
@@ -319,6 +416,9 @@ class Config:
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     cassandra: CassandraConfig = field(default_factory=CassandraConfig)
     s3: S3Config = field(default_factory=S3Config)
@@ -331,6 +431,7 @@ class Config:
 
 
 DMARC_MODES = ("enforce", "quarantine", "monitor")
+DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
 # Values a setting may take, where not every value of its type makes sense.
 CHOICES = {
     "storage.queue": ("sqlite", "kafka"),
@@ -343,6 +444,7 @@ CHOICES = {
     "log.level": ("debug", "info", "warning", "error"),
     "dmarc.mode": DMARC_MODES,
     "tls.min_version": ("TLSv1.2", "TLSv1.3"),
+    "outbound.tls_policy": ("may", "encrypt", "verify", "none"),
 }
 POSITIVE = {"mx.processes", "mx.max_message_size", "mx.max_recipients", "mx.idle_timeout",
             "mailbox.max_page_size", "mailbox.attachment_chunk_size",
@@ -359,12 +461,20 @@ POSITIVE = {"mx.processes", "mx.max_message_size", "mx.max_recipients", "mx.idle
             "search.batch_size", "search.max_attachment_bytes", "search.max_text_chars",
             "search.timeout", "search.breaker_failures", "search.breaker_reset",
             "search.cache_mib",
+            "submission.max_message_size", "submission.max_recipients",
+            "submission.idle_timeout", "submission.messages_per_hour",
+            "submission.recipients_per_day", "submission.auth_failures_per_ip",
+            "submission.auth_failures_per_user", "submission.auth_failure_window",
             "opensearch.request_timeout", "opensearch.shards",
             "redis.request_timeout", "redis.max_connections",
             "s3.request_timeout", "s3.max_attempts", "s3.multipart_threshold",
             "s3.multipart_part_size",
-            "kafka.request_timeout", "kafka.replication_factor"}
-LISTEN_KEYS = {"mx.listen", "mailbox.listen", "gateway.listen"}
+            "kafka.request_timeout", "kafka.replication_factor",
+            "outbound.connect_timeout", "outbound.command_timeout", "outbound.concurrency",
+            "outbound.destination_concurrency", "outbound.messages_per_connection",
+            "outbound.connection_idle", "outbound.expire_after", "outbound.remote_port"}
+LISTEN_KEYS = {"mx.listen", "mailbox.listen", "gateway.listen", "submission.listen",
+               "submission.tls_listen"}
 
 
 class ConfigError(Exception):
@@ -389,7 +499,10 @@ def load(path: str | os.PathLike | None = None, data_dir: str | None = None) -> 
         text = _read(Path(path))
         try:
             document = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
+            # TOMLDecodeError is a ValueError; tomllib also raises a plain one for
+            # an integer past Python's 4300 digits, and RecursionError for arrays
+            # or inline tables nested ~1,000 deep.
             raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from None
         locate = _KeyLocator(text)
     if data_dir is not None:
@@ -415,7 +528,7 @@ def validate(config: Config, locate: typing.Callable[[str], int | None] | None =
         if value not in allowed:
             fail(key, f"must be one of {', '.join(allowed)}, not {value!r}")
     for key in POSITIVE:
-        if _get(config, key) <= 0:
+        if not _get(config, key) > 0:  # nan too: TOML has it, and it is no timeout
             fail(key, "must be greater than 0")
     for key in LISTEN_KEYS:
         try:
@@ -431,6 +544,32 @@ def validate(config: Config, locate: typing.Callable[[str], int | None] | None =
             ipaddress.ip_network(network, strict=False)
         except ValueError:
             fail("mx.trusted_networks", f"not an IP network: {network!r}")
+    for index, key in enumerate(config.dkim.keys):
+        where = f"dkim.keys[{index}]"
+        if key.algorithm not in DKIM_ALGORITHMS:
+            fail(f"{where}.algorithm",
+                 f"must be one of {', '.join(DKIM_ALGORITHMS)}, not {key.algorithm!r}")
+        for name in ("domain", "selector", "private_key_file"):
+            if not getattr(key, name):
+                fail(f"{where}.{name}", "must be set")
+    for alias, owner in config.submission.aliases.items():
+        if "@" not in alias or "@" not in owner:
+            fail(f"submission.aliases.{alias}", "alias and owner must both be addresses")
+    if not config.outbound.retry_schedule:
+        fail("outbound.retry_schedule", "needs at least one step")
+    for step in config.outbound.retry_schedule:
+        try:
+            parse_duration(step)
+        except ValueError as exc:
+            fail("outbound.retry_schedule", str(exc))
+    if config.outbound.delay_warning_after < 0:
+        fail("outbound.delay_warning_after", "must be 0 (never) or more")
+    if config.outbound.relay_host:
+        try:
+            parse_listen(config.outbound.relay_host if ":" in config.outbound.relay_host
+                         else f"{config.outbound.relay_host}:25")
+        except ValueError as exc:
+            fail("outbound.relay_host", str(exc))
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         fail("tls.cert_file", "tls.cert_file and tls.key_file go together")
     for name in config.services:
@@ -495,6 +634,10 @@ def _convert(hint, raw, dotted: str, locate: _KeyLocator):
         return {str(k): v for k, v in raw.items()}
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
+        if dataclasses.is_dataclass(item):  # an array of tables: [[dkim.keys]]
+            if not isinstance(raw, list) or not all(isinstance(v, dict) for v in raw):
+                raise wrong(f"an array of tables [[{dotted}]]")
+            return [_build(item, v, f"{dotted}[{i}].", locate) for i, v in enumerate(raw)]
         if not isinstance(raw, list) or not all(isinstance(v, item) for v in raw):
             raise wrong(f"a list of {item.__name__}")
         return list(raw)
@@ -505,6 +648,8 @@ def _convert(hint, raw, dotted: str, locate: _KeyLocator):
     if hint is int:
         if isinstance(raw, bool) or not isinstance(raw, int):
             raise wrong("an integer")
+        if not -2 ** 63 <= raw < 2 ** 63:  # TOML's range; tomllib takes any size
+            raise ConfigError("an integer out of range (64 bits)", key=dotted, line=locate(dotted))
         return raw
     if hint is float:
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
@@ -523,14 +668,27 @@ class _KeyLocator:
     def __init__(self, text: str):
         self.lines: dict[str, int] = {}
         table = ""
-        for number, line in enumerate(text.splitlines(), 1):
+        arrays: dict[str, int] = {}
+        for number, line in enumerate(text.split("\n"), 1):  # TOML's lines, not splitlines()'
             stripped = line.strip()
-            if stripped.startswith("[") and not stripped.startswith("[["):
-                table = stripped.strip("[] \t").split("#")[0].strip().strip("]").strip()
-                self.lines.setdefault(table, number)
+            if stripped.startswith("[["):  # the next table of an array: name[0], name[1], ...
+                name = _dotted(stripped.strip("[] \t").split("#")[0].strip().strip("]").strip())
+                arrays[name] = arrays.get(name, -1) + 1
+                table = f"{name}[{arrays[name]}]"
+                self._add(name, number)
+                self._add(table, number)
+            elif stripped.startswith("["):
+                table = _dotted(stripped.strip("[] \t").split("#")[0].strip().strip("]").strip())
+                self._add(table, number)
             elif "=" in stripped and not stripped.startswith("#"):
-                key = stripped.split("=", 1)[0].strip().strip('"\'')
-                self.lines.setdefault(f"{table}.{key}" if table else key, number)
+                key = _dotted(stripped.split("=", 1)[0])
+                self._add(f"{table}.{key}" if table else key, number)
+
+    def _add(self, dotted: str, number: int) -> None:
+        """A key's tables count as set on its line too (`tls.key_file = ...` sets tls)."""
+        while dotted:
+            self.lines.setdefault(dotted, number)
+            dotted = dotted.rpartition(".")[0]
 
     def __call__(self, dotted: str) -> int | None:
         while dotted:
@@ -538,3 +696,17 @@ class _KeyLocator:
                 return self.lines[dotted]
             dotted = dotted.rpartition(".")[0]
         return None
+
+
+def _dotted(key: str) -> str:
+    """A TOML key as written (bare, quoted, dotted, with blanks: `"mx" . listen`)
+    as the dotted name errors use (mx.listen), read by tomllib itself."""
+    try:
+        document = tomllib.loads(f"{key} = 0")
+    except Exception:  # not a key: a line inside a multi-line value
+        return key.strip().strip("\"'")
+    parts = []
+    while isinstance(document, dict) and len(document) == 1:
+        name, document = next(iter(document.items()))
+        parts.append(name)
+    return ".".join(parts)

@@ -20,13 +20,17 @@ SERVICE_MODULES = {
     "mailbox": "mailyard.store.mailbox.service",
     "indexer": "mailyard.searchd.indexer",
     "gateway": "mailyard.store.mailbox.gateway.server",
+    "submission": "mailyard.mta.submission",
+    "outbound": "mailyard.mta.outbound.service",
 }
 # What a service needs from a package it may not import (the mailbox service
 # searches, but store/ must not import searchd): keyword -> "module:factory",
 # each factory called as `await factory(config, stores)`.
 SERVICE_COLLABORATORS = {
-    "mailbox": {"searcher": "mailyard.searchd.searcher:open_searcher"},
-    "gateway": {"searcher": "mailyard.searchd.searcher:open_searcher"},
+    "mailbox": {"searcher": "mailyard.searchd.searcher:open_searcher",
+                "submitter": "mailyard.mta.submit:open_submitter"},
+    "gateway": {"searcher": "mailyard.searchd.searcher:open_searcher",
+                "submitter": "mailyard.mta.submit:open_submitter"},
 }
 
 
@@ -69,7 +73,9 @@ async def run_services(config: Config, names: list[str], stop: asyncio.Event | N
     try:
         for name in names:
             module = importlib.import_module(SERVICE_MODULES[name])
-            on_ready = (lambda address, name=name: ready(name, address)) if ready else None
+            # A service with several listeners labels the others (submission's
+            # implicit-TLS port reports itself as "submissions").
+            on_ready = (lambda address, label=name: ready(label, address)) if ready else None
             if name == "mx":
                 on_ready = mx_ready
             extras = await _collaborators(config, stores, name)

@@ -358,10 +358,26 @@ class SendDraftRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class SendMessageRequest(_message.Message):
-    __slots__ = ("content",)
+    __slots__ = ("content", "html", "attachments", "raw")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
+    HTML_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
     content: DraftContent
-    def __init__(self, content: _Optional[_Union[DraftContent, _Mapping]] = ...) -> None: ...
+    html: str
+    attachments: _containers.RepeatedCompositeFieldContainer[OutgoingAttachment]
+    raw: bytes
+    def __init__(self, content: _Optional[_Union[DraftContent, _Mapping]] = ..., html: _Optional[str] = ..., attachments: _Optional[_Iterable[_Union[OutgoingAttachment, _Mapping]]] = ..., raw: _Optional[bytes] = ...) -> None: ...
+
+class OutgoingAttachment(_message.Message):
+    __slots__ = ("filename", "content_type", "data")
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    filename: str
+    content_type: str
+    data: bytes
+    def __init__(self, filename: _Optional[str] = ..., content_type: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class SendResponse(_message.Message):
     __slots__ = ("sent", "queue_id")

@@ -284,9 +284,10 @@ class MailboxServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SendDraft(self, request, context):
-        """Stores the message as the sender's SENT copy, queues it for its local
-        recipients, and deletes the draft. Remote recipients: FAILED_PRECONDITION
-        until outbound delivery exists.
+        """Sends through the same path as SMTP submission: sender check, sending
+        limits (RESOURCE_EXHAUSTED), DKIM signing, the SENT copy stored before the
+        call returns, local recipients queued for delivery here and remote ones
+        for the outbound workers. SendDraft then deletes the draft.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

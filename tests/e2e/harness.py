@@ -30,6 +30,9 @@ listen = "127.0.0.1:0"
 listen = "127.0.0.1:0"
 [gateway]
 listen = "127.0.0.1:0"
+[submission]
+listen = "127.0.0.1:0"
+tls_listen = "127.0.0.1:0"
 [queue]
 member_ttl = {member_ttl}
 poll_interval = 0.1

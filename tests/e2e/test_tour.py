@@ -33,8 +33,13 @@ def test_readme_tour_works_as_written(tmp_path):
         pytest.skip(f"the tour needs {', '.join(missing)} (tests/run installs them)")
     if not (port_free(2525) and port_free(50051)):
         pytest.skip("the tour's default ports 2525/50051 are taken on this machine")
-    if not port_free(8080):  # the gateway's default; the tour does not use it
-        (tmp_path / "mailyard.toml").write_text('[gateway]\nlisten = "127.0.0.1:0"\n')
+    moved = ""  # defaults of services the tour does not use, when taken here
+    if not port_free(8080):
+        moved += '[gateway]\nlisten = "127.0.0.1:0"\n'
+    if not (port_free(2587) and port_free(2465)):
+        moved += '[submission]\nlisten = "127.0.0.1:0"\ntls_listen = "127.0.0.1:0"\n'
+    if moved:
+        (tmp_path / "mailyard.toml").write_text(moved)
     blocks = tour_blocks()
     assert len(blocks) == 2, "the tour's shell blocks changed; update this test"
     up = subprocess.Popen(["mailyard", "up"], cwd=tmp_path, stdout=subprocess.PIPE,

@@ -6,38 +6,45 @@ an update or delete naming an older version is refused with ABORTED (another
 device wrote since: re-read, merge, retry) instead of overwriting.
 
 Sending (SendDraft, SendMessage) composes an RFC 5322 message from the
-draft, stores the sender's SENT copy synchronously (so Sent is right as soon
-as the call returns) and queues the message on mail.inbound for local
-recipients, exactly as the MX does (store/spool.py), so the delivery worker
-files it in their mailboxes. Remote recipients need the outbound path, which
-does not exist yet: such a send answers FAILED_PRECONDITION and nothing is
-sent or stored, never a silent drop.
+draft or the structured fields (compose.py), or takes the caller's raw one,
+and hands it to the Submitter: the same path as SMTP submission (mta/submit.py),
+which checks the sender and the sending limits, signs, stores the SENT copy
+before it returns and queues local and remote recipients. Its refusals come
+back as statuses: not the caller's From: PERMISSION_DENIED, a sending limit
+RESOURCE_EXHAUSTED (with retry-after), a backend failure UNAVAILABLE.
 """
 from __future__ import annotations
 
+import email.parser
 import email.policy
 import email.utils
-import hashlib
+import re
 import secrets
 import time
-from email.message import EmailMessage
 
 import grpc
 
 from mailyard.policy.config import Config
-from mailyard.proto import events_pb2, mailbox_pb2
-from mailyard.store.blobs.base import BlobStore
+from mailyard.proto import mailbox_pb2
 from mailyard.store.errors import NotFound, VersionConflict
+from mailyard.store.mailbox.compose import compose
 from mailyard.store.mailbox.inbox_cache import to_summary
-from mailyard.store.mailbox.index_events import ADDED, announce
 from mailyard.store.mailbox.page_tokens import BadPageToken, PageTokens
-from mailyard.store.messages import find_thread, store_content
-from mailyard.store.metadata.base import Draft, MessageRecord, MetadataStore
-from mailyard.store.queue.base import Queue
-from mailyard.store.spool import spool_and_queue
+from mailyard.store.metadata.base import Draft, MetadataStore
+from mailyard.store.submitter import (BAD_MESSAGE, DAILY_LIMIT, NOT_YOUR_ADDRESS, RATE_LIMITED,
+                                      UNKNOWN_RECIPIENT, Submitter, SubmitRefused,
+                                      SubmitUnavailable)
 
 MAX_RECIPIENTS = 100
 MAX_SUBJECT = 998
+_CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
+REFUSAL_STATUS = {
+    BAD_MESSAGE: grpc.StatusCode.INVALID_ARGUMENT,
+    UNKNOWN_RECIPIENT: grpc.StatusCode.INVALID_ARGUMENT,
+    NOT_YOUR_ADDRESS: grpc.StatusCode.PERMISSION_DENIED,
+    RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DAILY_LIMIT: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 def draft_to_proto(draft: Draft) -> mailbox_pb2.Draft:
@@ -57,11 +64,11 @@ def _address_problem(address: str) -> str | None:
 
 
 class DraftsHandler:
-    def __init__(self, config: Config, metadata: MetadataStore, blobs: BlobStore, queue: Queue,
-                 tokens: PageTokens, inbox, log, default_page_size: int):
-        self.config, self.metadata, self.blobs, self.queue = config, metadata, blobs, queue
-        self.tokens, self.inbox, self.log = tokens, inbox, log
+    def __init__(self, config: Config, metadata: MetadataStore, tokens: PageTokens, log,
+                 default_page_size: int, submitter: Submitter | None = None):
+        self.config, self.metadata, self.tokens, self.log = config, metadata, tokens, log
         self.default_page_size = default_page_size
+        self.submitter = submitter
 
     # --- drafts --------------------------------------------------------
     async def _draft(self, user: str, draft_id: str, content, context) -> Draft:
@@ -147,7 +154,7 @@ class DraftsHandler:
             await context.abort(grpc.StatusCode.ABORTED,
                                 f"draft {request.id!r} is at version {draft.version}, not "
                                 f"{request.version}: read it again and retry")
-        response = await self._send(user, draft, context)
+        response = await self._send(user, draft, context, await self._compose(user, draft))
         try:
             await self.metadata.delete_draft(user, draft.draft_id, draft.version)
         except VersionConflict:  # edited while it was being sent: keep the newer text
@@ -156,79 +163,64 @@ class DraftsHandler:
 
     async def send_message(self, user: str, request, context):
         draft = await self._draft(user, "", request.content, context)
-        return await self._send(user, draft, context)
+        limit = self.config.submission.max_message_size
+        if request.raw:
+            content = request.content
+            if content.subject or content.body or content.reply_to_id or request.html \
+                    or request.attachments:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "raw excludes subject, body, reply_to_id, html and "
+                                    "attachments (content may only name recipients)")
+            if len(request.raw) > limit:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"raw message larger than {limit} bytes")
+            if not (draft.to or draft.cc or draft.bcc):
+                draft.to, draft.cc, draft.bcc = header_recipients(request.raw)
+            return await self._send(user, draft, context, request.raw)
+        for attachment in request.attachments:
+            if attachment.content_type and not _CONTENT_TYPE.match(attachment.content_type):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"attachment {attachment.filename!r}: content_type must "
+                                    f"be type/subtype, not {attachment.content_type!r}")
+        size = len(request.html.encode()) + sum(len(a.data) for a in request.attachments)
+        if size + len(draft.body.encode()) > limit:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"message larger than {limit} bytes")
+        raw = await self._compose(user, draft, request.html, request.attachments)
+        return await self._send(user, draft, context, raw)
 
-    async def _recipients(self, draft: Draft, context) -> list[str]:
-        """The local recipients (users of local domains), once each; a send
-        naming anybody else is refused before anything is stored."""
-        recipients = list(dict.fromkeys(a.strip().lower() for a in
-                                        (*draft.to, *draft.cc, *draft.bcc)))
+    async def _compose(self, user: str, draft: Draft, html: str = "", attachments=()) -> bytes:
+        parent = (await self.metadata.get_message(user, draft.reply_to_id)
+                  if draft.reply_to_id else None)
+        return compose(user, draft, parent, html, attachments)
+
+    async def _send(self, user: str, draft: Draft, context, raw: bytes):
+        """Hands the message to the submit path; its refusals become statuses."""
+        recipients = [*draft.to, *draft.cc, *draft.bcc]
         if not recipients:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no recipients (to, cc, bcc)")
-        for address in recipients:
-            problem = _address_problem(address)
-            if problem:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        remote = [a for a in recipients if not await self.metadata.has_domain(a.rpartition("@")[2])]
-        if remote:
+        if self.submitter is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"remote delivery is not available yet: {', '.join(remote)}")
-        for address in recipients:
-            if await self.metadata.get_user(address) is None:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"no such user here: {address}")
-        return recipients
-
-    async def _compose(self, user: str, draft: Draft, now: float) -> bytes:
-        message = EmailMessage()
-        message["From"] = user
-        if draft.to:
-            message["To"] = ", ".join(draft.to)
-        if draft.cc:
-            message["Cc"] = ", ".join(draft.cc)   # Bcc is never written into the message
-        message["Subject"] = draft.subject
-        message["Date"] = email.utils.formatdate(now, usegmt=True)
-        message["Message-ID"] = email.utils.make_msgid(domain=user.rpartition("@")[2])
-        if draft.reply_to_id:
-            parent = await self.metadata.get_message(user, draft.reply_to_id)
-            if parent is not None and parent.rfc822_message_id:
-                refs = [*parent.references, parent.rfc822_message_id]
-                message["In-Reply-To"] = f"<{parent.rfc822_message_id}>"
-                message["References"] = " ".join(f"<{r}>" for r in dict.fromkeys(refs))
-        message.set_content(draft.body)
-        return message.as_bytes(policy=email.policy.SMTP)
-
-    async def _send(self, user: str, draft: Draft, context):
-        recipients = await self._recipients(draft, context)
-        now = time.time()
-        now_ms = int(now * 1000)
-        raw = await self._compose(user, draft, now)
-        queue_id = "A" + secrets.token_hex(9).upper()
-        # The SENT copy first, synchronously: Sent is right when the call returns.
-        stored = await store_content(self.blobs, raw, self.config.delivery.min_part_size)
-        message_id = hashlib.sha256(f"{queue_id}\0sent\0{user}".encode()).hexdigest()[:20]
-        thread_id = await find_thread(self.metadata, user, stored.summary, now_ms,
-                                      self.config.delivery.thread_subject_window) or message_id
-        summary = stored.summary
-        record = MessageRecord(
-            user_id=user, message_id=message_id, thread_id=thread_id, received_at_ms=now_ms,
-            skeleton_key=stored.skeleton_key, size=stored.size,
-            rfc822_message_id=summary.rfc822_message_id, references=summary.references,
-            sender=summary.sender, to=summary.to, cc=summary.cc, subject=summary.subject,
-            snippet=summary.snippet, labels={"SENT"}, has_attachments=bool(stored.attachments),
-            attachments=stored.attachments, queue_id=queue_id)
-        await self.metadata.link_blobs(f"{user}/{message_id}", stored.blob_keys)
-        await self.metadata.put_message(record)
+                                "this process has no submission path to send with")
         try:
-            await spool_and_queue(self.blobs, self.queue, raw, events_pb2.InboundEnvelope(
-                queue_id=queue_id, mail_from=user, rcpt_to=recipients, received_at_ms=now_ms,
-                client_ip="127.0.0.1", helo="mailbox-api"))
-        except Exception:
-            # Not queued, so not sent: take the SENT copy back and let the client retry.
-            await self.metadata.delete_messages(user, [message_id])
-            raise
-        await announce(self.queue, ADDED, user, [message_id])
-        self.log.info("sent", queue_id=queue_id, user=user, message_id=message_id,
-                      rcpts=len(recipients))
-        return mailbox_pb2.SendResponse(sent=to_summary(record), queue_id=queue_id)
+            submitted = await self.submitter.send(user, raw, recipients)
+        except SubmitRefused as exc:
+            trailer = (("retry-after", f"{exc.retry_after:.3f}"),) if exc.retry_after else ()
+            await context.abort(REFUSAL_STATUS.get(exc.kind, grpc.StatusCode.INVALID_ARGUMENT),
+                                str(exc), trailing_metadata=trailer)
+        except SubmitUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"sending unavailable: {exc}")
+        return mailbox_pb2.SendResponse(sent=to_summary(submitted.sent),
+                                        queue_id=submitted.queue_id)
 
+
+def header_recipients(raw: bytes) -> tuple[list[str], list[str], list[str]]:
+    """To:, Cc: and Bcc: addresses of a raw message (its envelope when the
+    caller names none)."""
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+
+    def addresses(name: str) -> list[str]:
+        values = [str(v) for v in headers.get_all(name, [])]
+        return [a for _, a in email.utils.getaddresses(values) if a]
+
+    return addresses("to"), addresses("cc"), addresses("bcc")

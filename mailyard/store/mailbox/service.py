@@ -40,6 +40,7 @@ from mailyard.store.metadata.base import MessageRecord, MetadataStore
 from mailyard.store.mime import decode_part, summarize
 from mailyard.store.queue.base import Queue
 from mailyard.store.raw import load_raw  # noqa: F401  (also imported from here)
+from mailyard.store.submitter import Submitter
 
 SERVICE_NAME = "mailyard.mailbox.v1.Mailbox"
 DEFAULT_PAGE_SIZE = 50
@@ -64,7 +65,7 @@ def header_list(raw: bytes) -> list[mailbox_pb2.Header]:
 class MailboxService(mailbox_pb2_grpc.MailboxServicer):
     def __init__(self, config: Config, metadata: MetadataStore, blobs: BlobStore,
                  cache, queue: Queue, log: EventLog | None = None,
-                 searcher: Searcher | None = None):
+                 searcher: Searcher | None = None, submitter: Submitter | None = None):
         self.config = config
         self.metadata = metadata
         self.blobs = blobs
@@ -86,8 +87,8 @@ class MailboxService(mailbox_pb2_grpc.MailboxServicer):
         self.labels = LabelsHandler(metadata, queue, self.inbox)
         self.threads = ThreadsHandler(metadata, self.tokens, config.mailbox.max_page_size,
                                       DEFAULT_PAGE_SIZE)
-        self.drafts = DraftsHandler(config, metadata, blobs, queue, self.tokens, self.inbox,
-                                    self.log, DEFAULT_PAGE_SIZE)
+        self.drafts = DraftsHandler(config, metadata, self.tokens, self.log, DEFAULT_PAGE_SIZE,
+                                    submitter)
         self.watch = WatchHandler(metadata, config.mailbox.watch_poll_interval, self.stopping,
                                   config.mailbox.max_page_size)
 
@@ -295,10 +296,11 @@ class _storage_errors_as_unavailable:
 
 
 async def serve(config: Config, stores, stop: asyncio.Event, ready=None,
-                searcher: Searcher | None = None) -> None:
+                searcher: Searcher | None = None, submitter: Submitter | None = None) -> None:
     log = EventLog("mailbox")
     service = MailboxService(config, await stores.metadata(), await stores.blobs(),
-                             await stores.cache(), await stores.queue(), log, searcher)
+                             await stores.cache(), await stores.queue(), log, searcher,
+                             submitter)
     server = grpc.aio.server()
     mailbox_pb2_grpc.add_MailboxServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()

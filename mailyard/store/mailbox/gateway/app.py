@@ -164,7 +164,8 @@ def create_app(service, metadata) -> FastAPI:
             label="INBOX", page_size=page_size, page_token=page_token), credentials)
 
     @app.post("/v1/messages", tags=["messages"],
-              description="Sends a message (local recipients only until outbound delivery exists).",
+              description="Sends a message: the SENT copy is stored before the reply, local "
+                          "recipients get it here, remote ones through the outbound queue.",
              response_model=reply_model("SendResponse"), **REPLY)
     async def send_message(content: DraftContentInput, credentials=Auth) -> dict:
         return await reply("SendMessage", mailbox_pb2.SendMessageRequest(content=content.proto()),

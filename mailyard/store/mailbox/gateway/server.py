@@ -39,11 +39,12 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(config: Config, stores, stop: asyncio.Event, ready=None, searcher=None) -> None:
+async def serve(config: Config, stores, stop: asyncio.Event, ready=None, searcher=None,
+                submitter=None) -> None:
     log = EventLog("gateway")
     metadata = await stores.metadata()
     service = MailboxService(config, metadata, await stores.blobs(), await stores.cache(),
-                             await stores.queue(), log, searcher)
+                             await stores.queue(), log, searcher, submitter)
     host, port = parse_listen(config.gateway.listen)
     sock = _bind(host, port)
     server = _Server(uvicorn.Config(create_app(service, metadata), log_config=None,

@@ -14,15 +14,23 @@ _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~@]+$")
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
 
+def _printable(text: str) -> str:
+    """HELO, MAIL FROM and signature tags are the sender's text: a bare CR or
+    other control in them must not reach our header, where it could start a
+    field of its own. Blanks become spaces, other non-printables "?"."""
+    return "".join(c if c.isprintable() else " " if c.isspace() else "?" for c in text)
+
+
 def _value(text: str) -> str:
     """A pvalue: a token or an address as is, anything else quoted (RFC 2045 value)."""
+    text = _printable(text)
     if _TOKEN.match(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _comment(text: str) -> str:
-    cleaned = re.sub(r"[()\\\r\n]", " ", text).strip()
+    cleaned = re.sub(r"[()\\]", " ", _printable(text)).strip()
     return f" ({cleaned})" if cleaned else ""
 
 

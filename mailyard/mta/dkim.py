@@ -73,6 +73,8 @@ def verify_all(resolver: BlockingResolver, message: bytes, min_key_bits: int = 1
         verifier = dkimpy.DKIM(message, minkey=min_key_bits)
     except dkimpy.DKIMException as exc:
         return [DkimResult("permerror", reason=str(exc))]
+    except Exception as exc:  # dkimpy's parser raises IndexError on a leading continuation line
+        return [DkimResult("permerror", reason=f"{type(exc).__name__}: {exc}")]
     signatures = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
     results = []
     for index, header_value in enumerate(signatures):

@@ -120,6 +120,10 @@ def author_domain(message: bytes) -> str | None:
     if len(addresses) != 1 or "@" not in addresses[0]:
         return None
     domain = addresses[0].rpartition("@")[2].strip().rstrip(">").lower()
+    # A hostile From puts anything after the @ (controls, 8-bit bytes as
+    # surrogates); such a name is no domain to look up or to report.
+    if not domain.isprintable() or " " in domain:
+        return None
     return domain or None
 
 

@@ -11,7 +11,10 @@ import asyncio
 import email.utils
 import os
 import time
+import traceback
 from dataclasses import dataclass
+
+from aiosmtpd.smtp import TLSSetupException
 
 from mailyard.mta import abuse, tls
 from mailyard.mta.abuse import CONNECT_CHECKS, DATA_CHECKS, MAIL_CHECKS, ClientContext, DataContext
@@ -77,6 +80,9 @@ def received_header(*, helo: str, client_ip: str, hostname: str, queue_id: str,
     """The trace header we prepend (RFC 5321 4.4). A single recipient is named
     in `for`; several are not, so one copy does not reveal the others. A TLS
     session's version and cipher go in a comment, as Postfix writes them."""
+    # The HELO name is the client's free text: a bare CR in it would start a
+    # header field of its own; like Postfix, show non-printables as "?".
+    helo = "".join(c if c.isprintable() else "?" for c in helo)
     recipient = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
     date = email.utils.formatdate(when, localtime=False)
     using = f"\t(using {tls_info})\r\n" if tls_info else ""
@@ -122,6 +128,19 @@ class InboundHandler:
             return None
         return await self._first_refusal(CONNECT_CHECKS, self._client(session),
                                          "connection_refused")
+
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's default logs a whole traceback and tells the client the
+        Python exception. A TLS handshake the client broke off (scanners do it
+        all day) is one info line; anything else is a bug of ours: one error
+        line saying where, and a 451 so the sender retries."""
+        if isinstance(error, TLSSetupException):
+            self.log.info("tls_handshake_failed", error=repr(error.__cause__))
+            return "421 4.7.0 TLS handshake failed"
+        where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+        self.log.error("session_failed", error=repr(error),
+                       at=f"{os.path.basename(where.filename)}:{where.lineno}" if where else "")
+        return TEMPFAIL
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname

@@ -141,7 +141,7 @@ def _decode(data: bytes, charset: str | None) -> str:
         if codec and codec not in ("us-ascii", "ascii"):
             try:
                 return data.decode(codec)
-            except (LookupError, UnicodeDecodeError, TypeError):
+            except Exception:  # any charset name is mail's to choose: "utf-8\0" raises ValueError
                 pass
     return data.decode("latin-1")
 

@@ -43,6 +43,10 @@ MAX_BOUNDARY = 256  # RFC 2046 allows 70; a longer one only bloats the pattern c
 _EOL = re.compile(rb"\r\n|\r|\n")
 _FIELD_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")  # email.feedparser.headerRE
 _TOKEN = re.compile(r"[^\s;()]+")
+# Where str.splitlines() breaks a line (CR and LF, and the rarer ones).
+_LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+")
+# Surrogates other than the escapes of bytes 0x80-0xff (U+DC80-U+DCFF).
+_NOT_AN_ESCAPE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 _NOT_BASE64 = bytes(sorted(set(range(256)) - set(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")))
 
@@ -144,22 +148,36 @@ def _base64_run(run: bytes) -> bytes:
 
 def readable(value: str) -> str:
     """Parsed text made storable: 8-bit bytes (which the parser keeps as
-    surrogate escapes) read as UTF-8, else Latin-1, and line breaks unfolded."""
-    data = value.encode("utf-8", "surrogateescape")
+    surrogate escapes) read as UTF-8, else Latin-1, and line breaks unfolded.
+    Any other lone surrogate (the UTF-7 and UTF-16 decoders let them through)
+    becomes U+FFFD: SQLite, protobuf and JSON refuse them, so one would fail
+    the message's delivery on every retry. The rarer line breaks (a byte 0x85
+    read as Latin-1 is one) become spaces, so the text stays one line."""
+    data = _NOT_AN_ESCAPE.sub("\ufffd", value).encode("utf-8", "surrogateescape")
     try:
         value = data.decode("utf-8")
     except UnicodeDecodeError:
         value = data.decode("latin-1")
-    return re.sub(r"\r\n|\r|\n", "", value)
+    return _LINE_BREAKS.sub(" ", re.sub(r"\r\n|\r|\n", "", value))
+
+
+def decoded_line(text: str) -> str:
+    """Decoded header text made safe to show and to write back into a header.
+    An RFC 2047 word or RFC 2231 parameter can decode to CR/LF, which would
+    inject a header field into a reply, a bounce or the Sent copy that
+    re-emits it; every line break becomes a space. Then as readable()."""
+    return readable(_LINE_BREAKS.sub(" ", text))
 
 
 def header_text(value: str) -> str:
-    """A header value as sent, decoded leniently: RFC 2047 words where they decode."""
+    """A header value as sent, decoded leniently: RFC 2047 words where they
+    decode; one line (see decoded_line)."""
     value = readable(value)
     try:
-        return str(make_header(decode_header(value)))
+        value = str(make_header(decode_header(value)))
     except Exception:  # a broken encoded word: show it as sent
-        return value
+        pass
+    return decoded_line(value)
 
 
 def raw_field(headers: Message, name: str) -> str | None:
@@ -319,8 +337,9 @@ def _filename(headers: Message) -> str | None:
             value = raw_field(headers, field)
             if value is not None:
                 name = email.policy.default.header_fetch_parse(field, value).params.get(param)
-                if name and name.strip():
-                    return name.strip()
+                name = decoded_line(name or "").strip()
+                if name:
+                    return name
         return None
     except Exception:
         name = _call(headers.get_filename, None)

@@ -379,7 +379,7 @@ class RedisConfig:
 
 @dataclass
 class OpenSearchConfig:
-    """SearchIndex on OpenSearch or Elasticsearch (storage.search = "opensearch")."""
+    """SearchIndex on OpenSearch (storage.search = "opensearch")."""
     hosts: list[str] = field(default_factory=lambda: ["http://127.0.0.1:19200"])
     index_prefix: str = "mailyard"
     username: str = ""
@@ -393,6 +393,13 @@ class OpenSearchConfig:
     # next periodic refresh (<= 1 s), which caps one indexer at about one batch
     # a second but lets many indexers share refreshes on a large cluster.
     refresh: str = "true"
+
+
+@dataclass
+class ElasticsearchConfig(OpenSearchConfig):
+    """SearchIndex on Elasticsearch 7.17 (storage.search = "elasticsearch"):
+    the same settings as OpenSearch's, in their own [elasticsearch] table."""
+    hosts: list[str] = field(default_factory=lambda: ["http://127.0.0.1:19201"])
 
 
 @dataclass
@@ -424,6 +431,7 @@ class Config:
     s3: S3Config = field(default_factory=S3Config)
     redis: RedisConfig = field(default_factory=RedisConfig)
     opensearch: OpenSearchConfig = field(default_factory=OpenSearchConfig)
+    elasticsearch: ElasticsearchConfig = field(default_factory=ElasticsearchConfig)
 
     @property
     def data_path(self) -> Path:
@@ -439,8 +447,9 @@ CHOICES = {
     "cassandra.consistency": ("ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "ALL"),
     "storage.blobs": ("fs", "s3"),
     "storage.cache": ("memory", "redis"),
-    "storage.search": ("fts5", "opensearch"),
+    "storage.search": ("fts5", "opensearch", "elasticsearch"),
     "opensearch.refresh": ("true", "wait_for"),
+    "elasticsearch.refresh": ("true", "wait_for"),
     "log.level": ("debug", "info", "warning", "error"),
     "dmarc.mode": DMARC_MODES,
     "tls.min_version": ("TLSv1.2", "TLSv1.3"),
@@ -466,6 +475,7 @@ POSITIVE = {"mx.processes", "mx.max_message_size", "mx.max_recipients", "mx.idle
             "submission.recipients_per_day", "submission.auth_failures_per_ip",
             "submission.auth_failures_per_user", "submission.auth_failure_window",
             "opensearch.request_timeout", "opensearch.shards",
+            "elasticsearch.request_timeout", "elasticsearch.shards",
             "redis.request_timeout", "redis.max_connections",
             "s3.request_timeout", "s3.max_attempts", "s3.multipart_threshold",
             "s3.multipart_part_size",

@@ -187,7 +187,10 @@ def _storage(config: Config) -> dict:
               "redis": lambda: {"servers": [_without_password(config.redis.url)]},
               "opensearch": lambda: {"servers": [_without_password(h)
                                                  for h in config.opensearch.hosts],
-                                     "index_prefix": config.opensearch.index_prefix}}
+                                     "index_prefix": config.opensearch.index_prefix},
+              "elasticsearch": lambda: {"servers": [_without_password(h)
+                                                    for h in config.elasticsearch.hosts],
+                                        "index_prefix": config.elasticsearch.index_prefix}}
     found = {}
     for port in ("queue", "metadata", "blobs", "search", "cache"):
         adapter = getattr(storage, port)

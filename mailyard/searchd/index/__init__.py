@@ -14,6 +14,9 @@ def open_index(config: Config) -> SearchIndex:
     if config.storage.search == "opensearch":
         from mailyard.searchd.index.opensearch import OpenSearchIndex
         return OpenSearchIndex(config.opensearch)
+    if config.storage.search == "elasticsearch":
+        from mailyard.searchd.index.elasticsearch import ElasticsearchIndex
+        return ElasticsearchIndex(config.elasticsearch)
     raise ValueError(f"unknown search index {config.storage.search!r}")
 
 

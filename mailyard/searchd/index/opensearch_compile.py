@@ -8,8 +8,8 @@ in FTS5 and the Bloom filter. Everything is in filter context: results are
 ordered by received time, never by score, so nothing is scored and Lucene
 can cache the clauses.
 
-No client library here: opensearch.py sends these bodies, and an
-Elasticsearch adapter can send the same ones.
+No client library here: dsl_index.py sends these bodies through the
+OpenSearch client (opensearch.py) or the Elasticsearch one (elasticsearch.py).
 """
 from __future__ import annotations
 

@@ -38,9 +38,8 @@ def wait_delivered(client: Client, count: int, timeout: float = 600) -> None:
 
 def run(name: str, settings: dict, args) -> dict:
     rcpt = f"bench.{uuid.uuid4().hex[:8]}@{DOMAIN}"
-    with MailyardServer([rcpt], settings) as server:
-        if "cassandra" in str(settings):
-            server.cli("schema", "apply")
+    prepare = (("schema", "apply"),) if settings else ()
+    with MailyardServer([rcpt], settings, prepare) as server:
         token = server.cli("token", "issue", rcpt).strip()
         client = Client(server.service.addresses["mailbox"], token)
         accepted, delivered, total = [], [], 0

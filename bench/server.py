@@ -101,8 +101,10 @@ class PeakRss:
 class MailyardServer:
     """`mailyard up` on embedded defaults plus `settings` (merged into the config)."""
 
-    def __init__(self, users: list[str], settings: dict | None = None):
-        self.users = users
+    def __init__(self, users: list[str], settings: dict | None = None,
+                 prepare: tuple[tuple[str, ...], ...] = ()):
+        """`prepare`: CLI commands run first (`("schema", "apply")` on Cassandra)."""
+        self.users, self.prepare = users, prepare
         self.root = Path(tempfile.mkdtemp(prefix="mailyard-bench-"))
         self.data_dir = self.root / "data"
         self.config = self.root / "mailyard.toml"
@@ -113,6 +115,8 @@ class MailyardServer:
 
     def __enter__(self) -> MailyardServer:
         try:
+            for command in self.prepare:
+                self.cli(*command)
             self.cli("domain", "add", DOMAIN)
             for user in self.users:
                 self.cli("user", "add", user, input="bench\n")

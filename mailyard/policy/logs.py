@@ -24,6 +24,56 @@ def setup(level: str = "info", mask_addresses: bool = True, stream=None) -> None
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # The backend client libraries log through Python's default handler: plain
+    # text, and during an outage dozens of identical lines a second (aiokafka).
+    # Theirs go out as logfmt lines too, warnings and up, each repeat of the
+    # same message folded into a count for REPEAT_WINDOW seconds.
+    library = logging.StreamHandler(stream or sys.stderr)
+    library.setFormatter(_LibraryFormatter())
+    library.addFilter(_RepeatFilter())
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [library]
+        logger.setLevel(max(logging.WARNING, root.level))
+        logger.propagate = False
+
+
+LIBRARY_LOGGERS = ("aiokafka", "kafka", "cassandra", "botocore", "aiobotocore", "opensearch",
+                   "elasticsearch", "elastic_transport", "redis")
+REPEAT_WINDOW = 10.0
+
+
+class _RepeatFilter(logging.Filter):
+    """Lets a message through once per REPEAT_WINDOW seconds per logger and
+    message template; the next one that passes says how many were folded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[tuple[str, str], list] = {}  # key -> [last passed at, folded]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = (record.name, str(record.msg)), time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < REPEAT_WINDOW:
+            seen[1] += 1
+            return False
+        record.repeated = seen[1] if seen else 0
+        self._seen[key] = [now, 0]
+        if len(self._seen) > 1000:  # messages with ids in their template: keep it bounded
+            self._seen.clear()
+        return True
+
+
+class _LibraryFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        message = record.getMessage()
+        if record.exc_info:
+            message += " " + repr(record.exc_info[1])
+        repeated = getattr(record, "repeated", 0)
+        return (f"ts={stamp}Z level={record.levelname.lower()} service=library pid={os.getpid()}"
+                f" event=library_log logger={record.name} message={_quote(message)}"
+                + (f" repeated={repeated}" if repeated else ""))
 
 
 def mask(text: str) -> str:

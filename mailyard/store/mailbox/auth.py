@@ -72,6 +72,11 @@ class TokenVerifier:
 
     def _key_for(self, token: str):
         if self._local is not None:
+            # A kid naming some other key is refused, as with a JWKS: the token
+            # was not meant for this issuer even if its signature happens to verify.
+            kid = jwt.get_unverified_header(token).get("kid")
+            if kid is not None and kid != LOCAL_KEY_ID:
+                raise AuthError("no local key matches the token's kid")
             return self._local
         if self._jwks_client is not None:
             return self._jwks_client.get_signing_key_from_jwt(token).key

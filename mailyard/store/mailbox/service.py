@@ -25,6 +25,7 @@ from mailyard.proto import mailbox_pb2, mailbox_pb2_grpc
 from mailyard.store.blobs.base import BlobStore
 from mailyard.store.errors import StorageError
 from mailyard.store.mailbox.auth import AuthError, TokenVerifier
+from mailyard.store.mailbox.bounded_details import BoundedDetailsInterceptor
 from mailyard.store.mailbox.drafts import DraftsHandler
 from mailyard.store.mailbox.inbox_cache import INBOX, InboxCache, to_summary
 from mailyard.store.mailbox.index_events import INDEX_TOPIC, LABELS_CHANGED, announce
@@ -33,7 +34,7 @@ from mailyard.store.mailbox.page_tokens import BadPageToken, PageTokens, load_se
 from mailyard.store.mailbox.ratelimit import Quota, QuotaExceeded
 from mailyard.store.mailbox.search import CircuitBreaker, Searcher, SearchHandler
 from mailyard.store.mailbox.threads import ThreadsHandler
-from mailyard.store.mailbox.trash import TrashHandler
+from mailyard.store.mailbox.trash import MAX_IDS, TrashHandler
 from mailyard.store.mailbox.watch import WatchHandler
 from mailyard.store.metadata.base import SYSTEM_LABELS
 from mailyard.store.metadata.base import MessageRecord, MetadataStore
@@ -190,6 +191,10 @@ class MailboxService(mailbox_pb2_grpc.MailboxServicer):
         user = await self._user(context, "ModifyLabels")
         if not request.ids:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ids must not be empty")
+        # Bounded like the trash calls: an unbounded batch is one huge storage query.
+        if len(request.ids) > MAX_IDS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"ids must name 1..{MAX_IDS} messages")
         for label in request.remove_labels:
             if not _LABEL.match(label):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid label {label!r}")
@@ -301,7 +306,7 @@ async def serve(config: Config, stores, stop: asyncio.Event, ready=None,
     service = MailboxService(config, await stores.metadata(), await stores.blobs(),
                              await stores.cache(), await stores.queue(), log, searcher,
                              submitter)
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[BoundedDetailsInterceptor()])
     mailbox_pb2_grpc.add_MailboxServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -40,23 +40,30 @@ class _Layer:
         self.count = count
         self.data = data if data is not None else bytearray((self.bits + 7) // 8)
 
-    def positions(self, h1: int, h2: int):
-        return ((h1 + i * h2) % self.bits for i in range(self.hashes))
-
+    # Plain loops, not generators: adding a batch's terms is most of what the
+    # indexer does besides extraction and the index write.
     def has(self, h1: int, h2: int) -> bool:
-        data = self.data
-        return all(data[p >> 3] & (1 << (p & 7)) for p in self.positions(h1, h2))
+        data, bits = self.data, self.bits
+        for i in range(self.hashes):
+            p = (h1 + i * h2) % bits
+            if not data[p >> 3] & (1 << (p & 7)):
+                return False
+        return True
 
     def add(self, h1: int, h2: int) -> None:
-        data = self.data
-        for p in self.positions(h1, h2):
+        data, bits = self.data, self.bits
+        for i in range(self.hashes):
+            p = (h1 + i * h2) % bits
             data[p >> 3] |= 1 << (p & 7)
         self.count += 1
 
 
+_LOW64 = (1 << 64) - 1
+
+
 def _hash(term: str) -> tuple[int, int]:
-    digest = hashlib.blake2b(term.encode(), digest_size=16).digest()
-    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little") | 1
+    value = int.from_bytes(hashlib.blake2b(term.encode(), digest_size=16).digest(), "little")
+    return value & _LOW64, (value >> 64) | 1
 
 
 class TermBloom:
@@ -69,8 +76,9 @@ class TermBloom:
 
     def add(self, term: str) -> None:
         h1, h2 = _hash(term)
-        if any(layer.has(h1, h2) for layer in self.layers):
-            return
+        for layer in self.layers:
+            if layer.has(h1, h2):
+                return
         last = self.layers[-1]
         if last.count >= last.capacity:
             last = _Layer(last.capacity * GROWTH)

@@ -5,6 +5,7 @@ import base64
 import email
 import email.policy
 import hashlib
+from email.parser import BytesHeaderParser
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from tests.testdata import CPYTHON_EMAIL, cpython_messages
 from mailyard.store.mime import decode_part, join, split, summarize
 from mailyard.proto.events_pb2 import Skeleton
 from mailyard.store.blobs.base import blob_key
+from mailyard.store.mime.skeleton import _header_fields
 
 CORPUS = CPYTHON_EMAIL
 CORPUS_FILES = cpython_messages()
@@ -493,3 +495,20 @@ def test_mutated_multipart(mutations):
         else:
             raw = raw[:at]
     check_any_input(raw)
+
+
+HEADER_LINES = [b"From a@b\r\n", b"From x", b"Subject: hi\r\n", b"To: <a@b>\n", b" folded\r\n",
+                b"\tfolded\r", b":no name\r\n", b"X-8bit: \xe9\xff\r\n", b"A:\r\n", b"B: c"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(HEADER_LINES), min_size=1, max_size=12).map(b"".join))
+def test_header_fields_read_as_the_stdlib_reads_them(block):
+    """The walk reads header blocks without the feed parser, for speed; what it
+    reads must be what BytesHeaderParser reads, defects included."""
+    ours = _header_fields(block)
+    stdlib = BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
+    assert list(ours.raw_items()) == list(stdlib.raw_items())
+    assert ours.get_unixfrom() == stdlib.get_unixfrom()
+    assert ours.get_payload() == stdlib.get_payload()
+    assert [type(d) for d in ours.defects] == [type(d) for d in stdlib.defects]

@@ -21,8 +21,8 @@ from email.utils import getaddresses
 from html.parser import HTMLParser
 from typing import TypeVar
 
-from mailyard.store.mime.skeleton import (PartInfo, decode_part, decoded_line, header_text, parse,
-                                          readable)
+from mailyard.store.mime.skeleton import (PartInfo, Structure, decode_part, decoded_line,
+                                          header_text, parse, readable)
 
 SNIPPET_CHARS = 200
 # Past this many characters of one field name's values, the rest are read
@@ -71,19 +71,20 @@ class Summary:
         return bool(self.attachments)
 
 
-def summarize(raw: bytes) -> Summary:
-    """Never raises: whatever cannot be read is left empty and noted in defects."""
+def summarize(raw: bytes, structure: Structure | None = None) -> Summary:
+    """Never raises: whatever cannot be read is left empty and noted in defects.
+    `structure` is parse(raw) when the caller has it already."""
     summary = Summary()
     try:
-        _fill(summary, raw)
+        _fill(summary, raw, structure)
     except Exception as exc:  # any input is still mail: store it, flagged
         summary.defects.append(f"summarize: {type(exc).__name__}: {readable(str(exc))}")
     summary.malformed = bool(summary.defects)
     return summary
 
 
-def _fill(summary: Summary, raw: bytes) -> None:
-    structure = parse(raw)
+def _fill(summary: Summary, raw: bytes, structure: Structure | None) -> None:
+    structure = structure or parse(raw)
     summary.defects += structure.defects
     fields = _Fields(structure.headers, summary.defects)
     message_id = next(iter(fields.raw("message-id")), "")

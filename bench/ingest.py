@@ -172,6 +172,7 @@ class Haraka(Peer):
 
 class Mailyard(Peer):
     processes = 1  # mx.processes; --mx-processes sets it
+    settings: dict = {}  # more configuration tables ({"antivirus": {...}}), beside [mx]
 
     def start(self) -> None:
         self.port = free_port()
@@ -179,7 +180,8 @@ class Mailyard(Peer):
         zone = self.workdir / "zone.db"  # SPF answered here: no DNS query leaves the host
         zone.write_text(ZONE)
         config.write_text(config_text(zone, {"mx": {"listen": f"127.0.0.1:{self.port}",
-                                                    "processes": self.processes}}))
+                                                    "processes": self.processes},
+                                             **self.settings}))
         base = [sys.executable, "-m", "mailyard", "--config", str(config),
                 "--data-dir", str(self.workdir / "data")]
         subprocess.run(base + ["domain", "add", DOMAIN], check=True, capture_output=True)

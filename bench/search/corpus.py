@@ -9,6 +9,7 @@ recur (stock phrases mailed back and forth).
 from __future__ import annotations
 
 import base64
+import collections
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -114,7 +115,8 @@ class Generator:
 
     def messages(self, count: int):
         rng = self.rng
-        threads: list[tuple[str, str, str]] = []  # (subject, message-id, body)
+        # (subject, message-id, body) of the last 50 messages, which replies pick from
+        threads: collections.deque[tuple[str, str, str]] = collections.deque(maxlen=50)
         times = sorted(rng.random() for _ in range(count))
         for n in range(count):
             when = START + timedelta(days=DAYS * times[n])
@@ -127,8 +129,7 @@ class Generator:
             if rng.random() < 0.2:
                 headers["Cc"] = f"{self.addresses[self.person()]}"
             if threads and rng.random() < 0.35:  # a reply quoting its parent
-                subject, parent, parent_body = threads[rng.randrange(max(0, len(threads) - 50),
-                                                                     len(threads))]
+                subject, parent, parent_body = threads[rng.randrange(len(threads))]
                 headers["Subject"] = "Re: " + subject.removeprefix("Re: ")
                 headers["In-Reply-To"] = headers["References"] = parent
                 body += "\n\nOn an earlier day someone wrote:\n" + "\n".join(

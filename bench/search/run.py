@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import multiprocessing
 import os
@@ -83,17 +84,18 @@ def write_corpus(count: int, maildir: Path) -> list[tuple[Path, int, bool, bool,
     (maildir / "cur").mkdir(parents=True)
     (maildir / "new").mkdir()
     (maildir / "tmp").mkdir()
-    generator = Generator()
-    messages = list(generator.messages(count)) + testdata_messages()
-    newest = max(m.received_at_ms for m in messages)
-    entries = []
+    # Streamed to disk: a million messages do not fit in memory.
+    written = []
+    messages = itertools.chain(Generator().messages(count), testdata_messages())
     for n, message in enumerate(messages):
         path = maildir / "cur" / f"{n:08d}.bench:2,"
         path.write_bytes(message.raw)
-        age_days = (newest - message.received_at_ms) / 86_400_000
-        unread = age_days < 60 or n % 7 == 0
-        entries.append((path, message.received_at_ms, unread, n % 50 == 0,
-                        message.message_id.strip("<>")))
+        written.append((path, message.received_at_ms, message.message_id.strip("<>")))
+    newest = max(received for _, received, _ in written)
+    entries = []
+    for n, (path, received, message_id) in enumerate(written):
+        unread = (newest - received) / 86_400_000 < 60 or n % 7 == 0
+        entries.append((path, received, unread, n % 50 == 0, message_id))
     return entries
 
 

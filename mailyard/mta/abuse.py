@@ -77,19 +77,31 @@ def dnsbl_name(client_ip: str, zone: str) -> str:
     return f"{reversed_ip}.{zone.strip('.')}"
 
 
-async def client_blocklisted(ctx: ClientContext) -> str | None:
-    if not ctx.config.dnsbl.zones or ctx.trusted or ctx.resolver is None:
-        return None
-    for zone in ctx.config.dnsbl.zones:
+async def listed_in(resolver: Resolver, client_ip: str, zones: list[str], log: EventLog,
+                    first_only: bool = False) -> list[str]:
+    """The zones that list `client_ip` (only the first one when `first_only`)."""
+    listed = []
+    for zone in zones:
         try:
-            answers = await ctx.resolver.lookup(dnsbl_name(ctx.client_ip, zone), "A")
+            answers = await resolver.lookup(dnsbl_name(client_ip, zone), "A")
         except (DnsTempError, ValueError) as exc:
-            ctx.log.warning("dnsbl_unavailable", zone=zone, error=str(exc))
+            log.warning("dnsbl_unavailable", zone=zone, error=str(exc))
             continue  # a blocklist that does not answer blocks nobody
         # 127.0.0.0/8 answers list the address (RFC 5782 2.1); 127.255.255.x are
         # the lists' own error codes (over quota, open resolver), not a listing.
         if any(a.startswith("127.") and not a.startswith("127.255.255.") for a in answers):
-            return f"554 5.7.1 Service unavailable; client [{ctx.client_ip}] blocked using {zone}"
+            listed.append(zone)
+            if first_only:
+                break
+    return listed
+
+
+async def client_blocklisted(ctx: ClientContext) -> str | None:
+    if not ctx.config.dnsbl.zones or ctx.trusted or ctx.resolver is None:
+        return None
+    for zone in await listed_in(ctx.resolver, ctx.client_ip, ctx.config.dnsbl.zones, ctx.log,
+                                first_only=True):
+        return f"554 5.7.1 Service unavailable; client [{ctx.client_ip}] blocked using {zone}"
     return None
 
 

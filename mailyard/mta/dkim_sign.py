@@ -12,7 +12,7 @@ import base64
 import email.utils
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dkim as dkimpy
@@ -82,7 +82,11 @@ class Signer:
 
 
 def open_signer(config: Config, log: EventLog | None = None) -> Signer:
-    return Signer([load_key(k, f"dkim.keys[{i}]") for i, k in enumerate(config.dkim.keys)], log)
+    keys = [load_key(k, f"dkim.keys[{i}]") for i, k in enumerate(config.dkim.keys)]
+    for name, domain in config.domains.items():  # [[dkim]] of policy.d/DOMAIN.toml
+        keys += [load_key(replace(k, domain=name), f"domains.{name}.dkim[{i}]")
+                 for i, k in enumerate(domain.dkim)]
+    return Signer(keys, log)
 
 
 def author_domain(address: str) -> str:

@@ -10,7 +10,10 @@ import re
 
 from aiosmtpd.smtp import SMTP
 
+from mailyard.policy import metrics
+
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}")
+_FINAL_REPLY = re.compile(r"^(\d{3})(?: ([245]\.\d{1,3}\.\d{1,3}))?(?: |$)")
 
 # Stock replies whose meaning is more precise than their code's class.
 _STOCK = {
@@ -58,9 +61,22 @@ class EnhancedSMTP(SMTP):
             self.line_length_limit = line_length_limit
         super().__init__(handler, *args, **kwargs)
 
+    @property
+    def service(self) -> str:
+        """The daemon's name in metrics: its handler's log's (mx, submission)."""
+        return getattr(getattr(self.event_handler, "log", None), "service", "smtp")
+
     async def push(self, status: str | bytes) -> None:
         # AUTH challenges ("334 <base64>") come as bytes and carry no status code.
-        await super().push(status if isinstance(status, bytes) else with_enhanced_code(status))
+        if isinstance(status, bytes):
+            await super().push(status)
+            return
+        status = with_enhanced_code(status)
+        final = _FINAL_REPLY.match(status)  # not the "250-" lines before the last
+        if final:
+            metrics.smtp_replies.labels(self.service, final.group(1),
+                                        final.group(2) or "none").inc()
+        await super().push(status)
 
     def _getaddr(self, arg: str):
         # Python 3.11's address parser raises IndexError on "aperson@" (an @
@@ -72,6 +88,15 @@ class EnhancedSMTP(SMTP):
             return None, None
 
     async def _handle_client(self) -> None:
+        metrics.smtp_sessions.labels(self.service).inc()
+        open_now = metrics.smtp_sessions_open.labels(self.service)
+        open_now.inc()
+        try:
+            await self._converse()
+        finally:
+            open_now.dec()
+
+    async def _converse(self) -> None:
         check = getattr(self.event_handler, "connect_check", None)
         if check is not None:
             reply = await check(self, self.session)

@@ -28,6 +28,7 @@ from mailyard.mta.smtp import EnhancedSMTP
 from mailyard.mta.submission_auth import (BLOCKED, INVALID, TOKEN_ERROR, Authenticator,
                                           parse_oauthbearer, parse_plain, parse_xoauth2)
 from mailyard.mta.submit import Submission, Trace
+from mailyard.policy import metrics
 from mailyard.policy.config import Config, parse_listen
 from mailyard.policy.logs import EventLog
 from mailyard.store.submitter import SubmitUnavailable
@@ -173,6 +174,7 @@ class SubmissionHandler:
                    or await self.submission.limits.take_message(user))
         if refusal:
             self.log.info("mail_refused", user=user, from_=address, reply=refusal.reply)
+            metrics.refused("submission", "mail", refusal.kind, refusal.reply, _peer_ip(session))
             return refusal.reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -190,6 +192,7 @@ class SubmissionHandler:
         refusal = refusal or await self.submission.limits.take_recipients(user, 1)
         if refusal:
             self.log.info("rcpt_refused", user=user, rcpt=address, reply=refusal.reply)
+            metrics.refused("submission", "rcpt", refusal.kind, refusal.reply, _peer_ip(session))
             return refusal.reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -203,10 +206,12 @@ class SubmissionHandler:
             reply = await check(data_ctx)
             if reply:
                 self.log.info("data_refused", user=user, check=check.__name__, reply=reply)
+                metrics.refused("submission", "data", check.__name__, reply, _peer_ip(session))
                 return reply
         refusal = self.submission.header_refusal(user, content)
         if refusal:
             self.log.info("data_refused", user=user, reply=refusal.reply)
+            metrics.refused("submission", "data", refusal.kind, refusal.reply, _peer_ip(session))
             return refusal.reply
         smtputf8 = "SMTPUTF8" in (o.upper() for o in envelope.mail_options)
         trace = Trace(helo=session.host_name or "", client_ip=_peer_ip(session),
@@ -217,6 +222,7 @@ class SubmissionHandler:
                                                       envelope.rcpt_tos, content, trace, smtputf8)
         except SubmitUnavailable:
             return TEMPFAIL
+        metrics.messages_accepted.labels("submission").inc()
         return f"250 2.0.0 Ok: queued as {submitted.queue_id}"
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from mailyard.mta.dkim_sign import Signer, author_domain, open_signer
 from mailyard.mta.ids import new_queue_id
 from mailyard.mta.inbound import received_header
+from mailyard.mta.recipients import resolve
 from mailyard.policy.config import Config
 from mailyard.policy.logs import EventLog
 from mailyard.proto import events_pb2
@@ -36,7 +37,9 @@ from mailyard.store.metadata.base import MetadataStore
 from mailyard.store.outbox import queue_outbound
 from mailyard.store.queue.base import Queue
 from mailyard.store.sent import store_sent_copy
-from mailyard.store.spool import spool_and_queue
+from mailyard.store import trace as tracing
+from mailyard.store.outbox import OUTBOUND_TOPIC
+from mailyard.store.spool import INBOUND_TOPIC, spool_and_queue
 from mailyard.store.submitter import (BAD_MESSAGE, DAILY_LIMIT, NOT_YOUR_ADDRESS, RATE_LIMITED,
                                       UNKNOWN_RECIPIENT, SubmitRefused, Submitted,
                                       SubmitUnavailable)
@@ -203,7 +206,7 @@ class Submission:
             return SubmitRefused(BAD_MESSAGE, f"501 5.1.3 <{address}>: bad recipient address")
         domain = address.rpartition("@")[2].lower().rstrip(".")
         if await self.metadata.has_domain(domain) and \
-                await self.metadata.get_user(address.lower()) is None:
+                not await resolve(self.config, self.metadata, address):
             return SubmitRefused(UNKNOWN_RECIPIENT,
                                  f"550 5.1.1 <{address}>: no such user here")
         return None
@@ -234,11 +237,15 @@ class Submission:
 
     # --- delivery -------------------------------------------------------
     async def _route(self, recipients: list[str]) -> tuple[list[str], list[str]]:
+        """Local recipients as the users they reach (aliases, lists, user+tag)."""
         local, remote = [], []
         for rcpt in recipients:
             domain = rcpt.rpartition("@")[2].lower().rstrip(".")
-            (local if await self.metadata.has_domain(domain) else remote).append(rcpt)
-        return local, remote
+            if await self.metadata.has_domain(domain):
+                local += await resolve(self.config, self.metadata, rcpt)
+            else:
+                remote.append(rcpt)
+        return unique(local), remote
 
     def _trace(self, trace: Trace | None, queue_id: str, rcpts: list[str], when: float) -> bytes:
         if trace is None:
@@ -289,6 +296,19 @@ class Submission:
         self.log.info("submitted", queue_id=queue_id, user=user, from_=mail_from,
                       local=len(local), remote=len(remote), size=len(signed),
                       dkim=signatures.count(b"DKIM-Signature:"))
+        steps = [tracing.step(queue_id, tracing.SUBMITTED, at_ms=now_ms, user=user,
+                              from_=mail_from, client_ip=trace.client_ip if trace else "",
+                              via=trace.protocol if trace else "api",
+                              tls=trace.tls_info if trace else "", sent_copy=sent.message_id)]
+        if remote:
+            steps.append(tracing.step(queue_id, tracing.QUEUED, "outbound", at_ms=now_ms,
+                                      topic=OUTBOUND_TOPIC, rcpt_to=",".join(remote)))
+        if local:
+            steps.append(tracing.step(queue_id + LOCAL_SUFFIX, tracing.QUEUED, at_ms=now_ms,
+                                      topic=INBOUND_TOPIC, for_=",".join(local)))
+        # The queue id finds the local copy (ID-L) too; the SENT copy's id finds both.
+        await tracing.record(self.metadata, self.log, steps,
+                             [queue_id, sent.message_id, tracing.message_id_of(signed)])
         return Submitted(queue_id, sent, local, remote)
 
     async def _queue(self, user: str, mail_from: str, local: list[str], remote: list[str],
@@ -306,9 +326,9 @@ class Submission:
             return
         local_id = queue_id + LOCAL_SUFFIX
         try:
-            await spool_and_queue(self.blobs, self.queue,
+            await spool_and_queue(self.blobs, self.metadata, self.queue,
                                   self._trace(trace, local_id, local, now) + signed,
-                                  events_pb2.InboundEnvelope(
+                                  gc=self.config.gc, envelope=events_pb2.InboundEnvelope(
                                       queue_id=local_id, mail_from=mail_from, rcpt_to=local,
                                       received_at_ms=int(now * 1000),
                                       client_ip=trace.client_ip if trace else "",

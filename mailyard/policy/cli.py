@@ -50,7 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     conf = commands.add_parser("config", help="configuration").add_subparsers(
         dest="action", required=True, metavar="ACTION")
-    conf.add_parser("show", help="print the effective configuration as TOML")
+    conf.add_parser("show", help="print the effective configuration as TOML, domain "
+                                 "files included")
+    commands.add_parser("check", help="validate the main file and every domain file; print "
+                                      "each error with file, line and key")
+    commands.add_parser("reload", help="check the configuration, then have the running "
+                                       "services apply it (SIGHUP) without dropping sessions")
+    trace = commands.add_parser("trace", help="every step of a message, with times: "
+                                              "accepted, authenticated, queued, delivered, "
+                                              "indexed, outbound attempts, bounces")
+    trace.add_argument("id", help="a queue id, a Message-ID or an API message id")
+    trace.add_argument("--json", action="store_true", help="print it as JSON lines")
 
     search = commands.add_parser("search", help="the search index").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -110,6 +120,36 @@ def build_parser() -> argparse.ArgumentParser:
                        ("release", "take off hold and attempt delivery now")):
         outq.add_parser(name, help=text).add_argument("ids", nargs="+", metavar="ID")
 
+    spam = commands.add_parser("spam", help="the sender blocklist of the spam filter"
+                               ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("block", "file all mail from these addresses or domains as spam"),
+                       ("unblock", "take these addresses or domains off the blocklist")):
+        spam.add_parser(name, help=text).add_argument("entries", nargs="+", metavar="SENDER")
+    spam.add_parser("blocked", help="list the blocklist")
+
+    keys = commands.add_parser("keys", help="the secrets blobs are encrypted with at rest"
+                               ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    keys.add_parser("list", help="key ids, the current one, and how many blobs use each")
+    rotate = keys.add_parser("rotate", help="add a new current secret, then re-seal every "
+                                            "blob under it (resumable: see reseal)")
+    rotate.add_argument("--no-reseal", action="store_true",
+                        help="only add the secret; new blobs use it, old ones keep theirs")
+    keys.add_parser("reseal", help="re-seal every blob not yet under the current secret "
+                                   "(finishes an interrupted rotate)")
+
+    tier = commands.add_parser("tier", help="hot/cold blob tiers").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    tier_run = tier.add_parser("run", help="move the blobs of mail older than "
+                                           "tiering.after_days to the cold tier now")
+    tier_run.add_argument("--after-days", type=float, metavar="DAYS",
+                          help="this age instead of tiering.after_days")
+
+    gc = commands.add_parser("gc", help="blob garbage collection and mail retention"
+                             ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    gc.add_parser("run", help="purge expired TRASH and SPAM, then free every blob no message "
+                              "links, now").add_argument(
+        "--dry-run", action="store_true", help="only print what would be purged and freed")
+
     status = commands.add_parser("status", help="services, queue lag, outbound queue, storage "
                                                 "use and accounts on one screen (read-only)")
     status.add_argument("--json", action="store_true", help="print it as JSON, for scripts")
@@ -129,12 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("check", "reload"):  # they report every error themselves
+        return COMMANDS[(args.command, None)](None, args) or 0
     try:
         config = config_module.load(args.config, args.data_dir)
     except ConfigError as exc:
         print(f"mailyard: configuration error: {exc}", file=sys.stderr)
         return 78  # EX_CONFIG
-    logs.setup(config.log.level, config.log.mask_addresses)
+    logs.setup(config.log.level, config.log.mask_addresses, format=config.log.format)
     handler = COMMANDS[(args.command, getattr(args, "action", None))]
     try:
         return handler(config, args) or 0
@@ -167,7 +209,8 @@ def _run(config: Config, services: list[str], config_path: str | None) -> None:
     global_args = ["--data-dir", config.data_dir]
     if config_path:
         global_args = ["--config", config_path, *global_args]
-    asyncio.run(run_services(config, services, ready=ready, global_args=global_args))
+    asyncio.run(run_services(config, services, ready=ready, global_args=global_args,
+                             config_file=config_path))
 
 
 async def _with_metadata(config: Config, work):
@@ -396,11 +439,141 @@ def cmd_queue(config: Config, args) -> int:
     return command(config, args.action, ids, everything=getattr(args, "all", False))
 
 
+def cmd_spam(config: Config, args) -> int:
+    from mailyard.spam.admin import command
+
+    return command(config, args.action, getattr(args, "entries", []))
+
+
+def cmd_keys(config: Config, args) -> int:
+    from mailyard.store.blobs import admin
+    from mailyard.store.stores import Stores
+
+    from mailyard.store.errors import StorageError
+
+    async def run() -> None:
+        stores = Stores(config)
+        try:
+            blobs = await stores.blobs()
+            if args.action == "list":
+                ring = admin.keyring(config)
+                usage = await admin.key_usage(blobs)
+                print(f"keys file: {ring.path}\ncurrent: {ring.current}")
+                for name in sorted(usage, key=lambda n: (n == "plain", n)):
+                    what = {"plain": "written before encryption", "0": "compressed only"}.get(
+                        name, "in the keys file" if int(name) in ring.ids() else "MISSING")
+                    print(f"key {name}: {usage[name]} blobs ({what})")
+                return
+            if args.action == "rotate":
+                print(f"new current key: {admin.keyring(config).rotate()}", flush=True)
+                if args.no_reseal:
+                    return
+            report = await admin.reseal_all(blobs, lambda r: print(
+                f"  {r.scanned} blobs looked at, {r.resealed} re-sealed", flush=True))
+            print(f"re-sealed {report.resealed} of {report.scanned} blobs "
+                  f"in {report.seconds:.1f} s")
+            for failure in report.failed[:20]:
+                print(f"mailyard: not re-sealed: {failure}", file=sys.stderr)
+            if report.failed:
+                raise StorageError(f"{len(report.failed)} blobs could not be re-sealed; "
+                                   f"run `mailyard keys reseal` again once that is fixed")
+        finally:
+            await stores.close()
+
+    try:
+        asyncio.run(run())
+    except StorageError as exc:
+        print(f"mailyard: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_gc_run(config: Config, args) -> None:
+    from mailyard.store.gc.service import run_once
+    from mailyard.store.stores import Stores
+
+    async def work():
+        stores = Stores(config)
+        try:
+            return await run_once(config, stores, dry_run=args.dry_run)
+        finally:
+            await stores.close()
+
+    purged, report = asyncio.run(work())
+    verb = "would purge" if args.dry_run else "purged"
+    print(f"retention: {verb} {purged['TRASH']} from TRASH, {purged['SPAM']} from SPAM")
+    verb = "would free" if args.dry_run else "freed"
+    print(f"blobs: {report.scanned} scanned, {report.linked} linked, {verb} {report.freed_blobs}"
+          f" ({report.freed_bytes} bytes), {report.busy} busy")
+
+
+def cmd_tier_run(config: Config, args) -> int:
+    from mailyard.store.stores import Stores
+    from mailyard.store.tiering import Tierer
+
+    if args.after_days is not None:
+        config.tiering.after_days = args.after_days
+    if not config.tiering.enabled:
+        raise UsageError("tiering.enabled is false: there is no cold tier")
+
+    async def run():
+        stores = Stores(config)
+        try:
+            return await Tierer(config, await stores.metadata(), await stores.blobs()).run()
+        finally:
+            await stores.close()
+
+    report = asyncio.run(run())
+    print(f"{report.messages} messages older than {config.tiering.after_days:g} days: "
+          f"moved {report.moved_blobs} blobs ({report.moved_bytes} bytes) to the cold tier, "
+          f"{report.kept_hot} kept hot (shared with newer mail or in flight)")
+    return 0
+
+
 def cmd_status(config: Config, args) -> None:
     from mailyard.policy.status import collect, format_text
 
     report = collect(config)
     print(json.dumps(report, indent=2) if args.json else format_text(report).rstrip("\n"))
+
+
+def cmd_check(config: None, args) -> int:
+    checked, errors = config_module.check(args.config, args.data_dir)
+    files = list(dict.fromkeys(e.file for e in errors))
+    for error in sorted(errors, key=lambda e: (files.index(e.file), e.line or 0)):
+        print(f"mailyard: {error}", file=sys.stderr)
+    if errors:
+        print(f"mailyard: {len(errors)} error{'s' if len(errors) > 1 else ''}", file=sys.stderr)
+        return 78  # EX_CONFIG
+    print(f"configuration OK ({len(checked.domains)} domain policies)")
+    return 0
+
+
+def cmd_reload(config: None, args) -> int:
+    from mailyard.policy.reload import signal_running
+
+    if cmd_check(None, args):
+        print("mailyard: not reloaded; the running services keep their configuration",
+              file=sys.stderr)
+        return 78
+    checked = config_module.load(args.config, args.data_dir)
+    signalled = signal_running(checked.data_path)
+    if not signalled:
+        print(f"mailyard: no running mailyard found in {checked.data_dir}", file=sys.stderr)
+        return 1
+    print(f"reload signalled to pid {', '.join(map(str, signalled))}")
+    return 0
+
+
+def cmd_trace(config: Config, args) -> int:
+    from mailyard.store.trace import format_trace, load_trace
+
+    found = asyncio.run(_with_metadata(config, lambda m: load_trace(m, args.id)))
+    if not found:
+        print(f"mailyard: no message known as {args.id!r}", file=sys.stderr)
+        return 1
+    print(format_trace(found, as_json=args.json), end="")
+    return 0
 
 
 def cmd_config_show(config: Config, args) -> None:
@@ -448,6 +621,9 @@ COMMANDS = {
     ("domain", "list"): cmd_domain_list,
     ("token", "issue"): cmd_token_issue,
     ("config", "show"): cmd_config_show,
+    ("check", None): cmd_check,
+    ("reload", None): cmd_reload,
+    ("trace", None): cmd_trace,
     ("search", "reindex"): cmd_search_reindex,
     ("import", "mbox"): cmd_import,
     ("import", "maildir"): cmd_import,
@@ -458,4 +634,8 @@ COMMANDS = {
     ("dkim", "keygen"): cmd_dkim_keygen,
     **{("queue", action): cmd_queue
        for action in ("list", "show", "retry", "delete", "hold", "release")},
+    **{("spam", action): cmd_spam for action in ("block", "unblock", "blocked")},
+    **{("keys", action): cmd_keys for action in ("list", "rotate", "reseal")},
+    ("tier", "run"): cmd_tier_run,
+    ("gc", "run"): cmd_gc_run,
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -43,9 +44,39 @@ class MxConfig:
 
 
 @dataclass
+class ListenerTlsConfig:
+    """TLS on the mailbox API or the gateway ([mailbox.tls], [gateway.tls]);
+    plaintext while cert_file is empty. See policy/tls.py."""
+    cert_file: str = ""                # PEM chain, server certificate first
+    key_file: str = ""
+    # Mutual TLS for service-to-service calls: clients must present a
+    # certificate signed by a CA in this file (bearer tokens still apply).
+    client_ca_file: str = ""
+    # Refuse to start without a certificate rather than serve plaintext.
+    required: bool = False
+
+
+@dataclass
+class BackendTlsConfig:
+    """TLS to a distributed backend ([kafka.tls], [redis.tls], ...). Kafka and
+    Cassandra use it when `enabled`; Redis, S3 and OpenSearch/Elasticsearch
+    when their URL says so (rediss://, https://). See policy/tls.py."""
+    enabled: bool = False
+    # CA certificates (PEM) the server's certificate must chain to; the
+    # system's when empty.
+    ca_file: str = ""
+    # Check the server's certificate and host name; off only when set false.
+    verify: bool = True
+    # A client certificate, for servers that ask for one (mutual TLS).
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@dataclass
 class MailboxConfig:
     """The gRPC mailbox API."""
     listen: str = "127.0.0.1:50051"
+    tls: ListenerTlsConfig = field(default_factory=ListenerTlsConfig)
     max_page_size: int = 500
     attachment_chunk_size: int = 64 * 1024
     # Per-user API quota, in Gmail-like units per window (listing costs 5,
@@ -115,6 +146,21 @@ class LogConfig:
     level: str = "info"
     # Addresses in logs appear as a***@example.com unless turned off.
     mask_addresses: bool = True
+    # One event per line: "logfmt" (key=value) or "json" (one object a line).
+    format: str = "logfmt"
+
+
+@dataclass
+class MetricsConfig:
+    """Prometheus /metrics of a process that runs no gateway (the gateway
+    serves them on its own port). A process running one service listens on
+    this port plus the service's place in `services`' default order (mx +0,
+    delivery +1, mailbox +2, indexer +3, gateway +4, submission +5, outbound
+    +6, ...); the extra MX processes of mx.processes on +100, +101, ..."""
+    listen: str = "127.0.0.1:9464"
+    # Seconds between the samples of queue lag and outbound queue the metrics
+    # and the dashboard show (an hour of them is kept).
+    sample_interval: float = 5.0
 
 
 @dataclass
@@ -160,6 +206,21 @@ class TlsConfig:
 
 
 @dataclass
+class AntivirusConfig:
+    """Malware scanning at the MX through ClamAV's daemon (INSTREAM), before 250.
+    Set clamd's StreamMaxLength above mx.max_message_size."""
+    enabled: bool = False
+    # unix:/path (or a bare /path) for clamd's LocalSocket, HOST:PORT for TCPSocket.
+    address: str = "unix:/run/clamav/clamd.ctl"
+    timeout: float = 30.0             # for the whole message's verdict
+    # reject: 554 5.7.1; quarantine: accept under SPAM, X-Virus-Status: Infected.
+    on_infected: str = "reject"
+    # tempfail: 451 4.7.0; accept: deliver with X-Virus-Status: Unscanned.
+    on_failure: str = "tempfail"
+    clean_ttl: float = 7 * 86400.0    # how long a part's clean verdict is remembered
+
+
+@dataclass
 class RateLimitConfig:
     """Per client IP, per window, through the Cache (shared when it is Redis)."""
     enabled: bool = True
@@ -186,6 +247,32 @@ class DnsblConfig:
     """DNS blocklists the client IP is looked up in (e.g. "zen.spamhaus.org",
     whose terms apply); none by default. A listed client gets 554 5.7.1."""
     zones: list[str] = field(default_factory=list)
+    # Blocklists a listing in only adds spam points (DNSBL_LISTED): for lists
+    # too eager to refuse on. Looked up at the end of DATA.
+    score_zones: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SpamConfig:
+    """The delivery path's spam stage: rule points plus a classifier that
+    learns from each user's moves into and out of SPAM. A copy scoring at
+    least `required_score` is filed under SPAM instead of INBOX."""
+    enabled: bool = True
+    required_score: float = 5.0
+    # Points the classifier adds at full confidence (spam) or takes away (ham);
+    # an untrained classifier says 0.
+    classifier_points: float = 10.0
+    # The step of one training message: 1 moves that message's own log-odds
+    # by up to 1; 5 learns from few examples (about 100 of each class).
+    learning_rate: float = 5.0
+    # Whether users' feedback also trains the global weights, which every
+    # user's verdicts share; off, one user's training never moves another's.
+    learn_global: bool = False
+    # Seconds this process reuses the blocklist's Bloom filter before it
+    # reads the Cache's copy again (how soon a newly blocked sender counts).
+    blocklist_refresh: float = 30.0
+    # Body text the classifier reads, in characters.
+    max_text_chars: int = 20_000
 
 
 @dataclass
@@ -213,9 +300,14 @@ class GatewayConfig:
     """The REST/JSON gateway over the mailbox API, with /openapi.json,
     /healthz and /metrics on the same port."""
     listen: str = "127.0.0.1:8080"
+    tls: ListenerTlsConfig = field(default_factory=ListenerTlsConfig)
+    # Clients that may read /metrics and /dashboard (operator data); others
+    # get 403. The API itself is open to all and guarded by its tokens.
+    operator_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
 
 
-SERVICES = ("mx", "delivery", "mailbox", "indexer", "gateway", "submission", "outbound")
+SERVICES = ("mx", "delivery", "mailbox", "indexer", "gateway", "submission", "outbound",
+            "tiering", "gc")
 
 
 @dataclass
@@ -258,6 +350,33 @@ class DkimConfig:
     From: domain signs (an RSA and an Ed25519 key give two signatures); mail
     from a domain without a key goes out unsigned, with a warning in the log."""
     keys: list[DkimKeyConfig] = field(default_factory=list)
+
+
+@dataclass
+class GcConfig:
+    """The blob garbage collector and mail retention (service "gc", `mailyard
+    gc run`); see mailyard/store/gc/__init__.py for why these bounds are safe."""
+    interval: float = 600.0            # seconds between scheduled runs
+    batch_size: int = 500              # blobs looked at per batch
+    batch_pause: float = 0.05          # seconds between batches, leaving I/O to mail
+    # How long a deletion's tombstone is kept: longer than any write from put
+    # to link; a writer slower than half of it checks its blobs itself.
+    grace: float = 3600.0
+    # A claim older than this belongs to a collector that died or stalled.
+    claim_lease: float = 60.0
+    # TRASH and SPAM are purged this many days after the message went there
+    # (0 keeps them for ever).
+    trash_days: float = 30.0
+    spam_days: float = 30.0
+
+
+@dataclass
+class QuotaConfig:
+    """Storage quotas, in bytes (0: unlimited). Usage counts each distinct
+    blob once per user; past the limit the MX answers 452 4.2.2 at RCPT."""
+    default: int = 15 * 1024 * MiB
+    domains: dict[str, int] = field(default_factory=dict)   # domain -> bytes
+    users: dict[str, int] = field(default_factory=dict)     # address -> bytes
 
 
 @dataclass
@@ -330,6 +449,10 @@ class KafkaConfig:
     # Bounds every call, retries included: a publish Kafka has not
     # acknowledged by then fails, and the MX answers 451.
     request_timeout: float = 10.0
+    tls: BackendTlsConfig = field(default_factory=BackendTlsConfig)
+    # Put before every topic and consumer group name, so several mailyard
+    # installations (or test runs) can share one Kafka cluster apart.
+    topic_prefix: str = ""
 
 
 @dataclass
@@ -344,6 +467,37 @@ class CassandraConfig:
     request_timeout: float = 10.0
     username: str = ""
     password: str = ""
+    tls: BackendTlsConfig = field(default_factory=BackendTlsConfig)
+
+
+@dataclass
+class AtRestConfig:
+    """How blobs are kept at rest ([at_rest]): zstd, then AES-256-GCM (store/blobs/sealed.py)."""
+    # Off, blobs are only encrypted (and replies are not delta-encoded).
+    compress: bool = True
+    # zstd's level, 1-19: 3 is fast; higher saves a little more for much more CPU.
+    compression_level: int = 3
+    # Off, blobs are only compressed. Blobs written either way stay readable.
+    encrypt: bool = True
+    # The server secrets (JSON, mode 0600); empty: blob-keys.json in the data
+    # dir, created on first start. Every host of a cluster needs the same file.
+    keys_file: str = ""
+    # Replies quoting their parent are stored compressed against the parent.
+    delta: bool = True
+
+
+@dataclass
+class TieringConfig:
+    """Hot/cold blob tiers ([tiering]): old mail's blobs move to a cheaper store."""
+    enabled: bool = True
+    # Messages received longer ago than this move to the cold tier.
+    after_days: float = 730.0
+    # The cold tier: a directory for storage.blobs = "fs" (empty: blobs-cold
+    # in the data dir), a bucket for "s3" (empty: the [s3] bucket + "-cold").
+    cold_dir: str = ""
+    cold_bucket: str = ""
+    # Seconds between the scheduled runs of the tiering service.
+    interval: float = 86400.0
 
 
 @dataclass
@@ -362,6 +516,7 @@ class S3Config:
     # (S3 wants parts of at least 5 MiB, all but the last).
     multipart_threshold: int = 8 * 1024 * 1024
     multipart_part_size: int = 8 * 1024 * 1024
+    tls: BackendTlsConfig = field(default_factory=BackendTlsConfig)
 
 
 @dataclass
@@ -375,6 +530,7 @@ class RedisConfig:
     # Expiries set with `set` are shortened by up to this fraction at random,
     # so entries written together (a cache refill) do not expire together.
     ttl_jitter: float = 0.1
+    tls: BackendTlsConfig = field(default_factory=BackendTlsConfig)
 
 
 @dataclass
@@ -393,6 +549,7 @@ class OpenSearchConfig:
     # next periodic refresh (<= 1 s), which caps one indexer at about one batch
     # a second but lets many indexers share refreshes on a large cluster.
     refresh: str = "true"
+    tls: BackendTlsConfig = field(default_factory=BackendTlsConfig)
 
 
 @dataclass
@@ -403,9 +560,49 @@ class ElasticsearchConfig(OpenSearchConfig):
 
 
 @dataclass
+class LimitsConfig:
+    """Limits on mail to a domain or to one user at the MX; 0: the [mx] value."""
+    # Larger messages get 552 5.3.4: at RCPT when MAIL FROM declared SIZE=, else after DATA.
+    max_message_size: int = 0
+    # Recipients at this domain one message may have; 452 4.5.3 past it.
+    max_recipients: int = 0
+
+
+@dataclass
+class DomainConfig:
+    """One local domain's policy: the file policy.d/DOMAIN.toml (or a
+    [domains."DOMAIN"] table of the main file). Addresses are resolved at RCPT
+    in this order: aliases and lists, a user, user+tag (delivered to user, the
+    tag left in the To: header as Gmail does), then the catch-all."""
+    # Local part (or the whole address) -> the address it is delivered to (a
+    # bare local part is of this domain). Targets may be aliases or lists too.
+    aliases: dict[str, str] = field(default_factory=dict)
+    # Distribution lists: local part -> the addresses (or local parts) it expands to.
+    lists: dict[str, list[str]] = field(default_factory=dict)
+    # Where mail to any other address of the domain goes (an address or a
+    # local part); empty: 550 5.1.1 for unknown addresses.
+    catch_all: str = ""
+    # user+tag@domain reaches user@domain; empty turns plus-addressing off.
+    plus_separator: str = "+"
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    # Per user (local part): limits that replace the domain's.
+    user_limits: dict[str, LimitsConfig] = field(default_factory=dict)
+    # Mail to this domain only over TLS: RCPT without STARTTLS gets 530 5.7.0.
+    require_tls: bool = False
+    # Senders refused for this domain (550 5.7.1): "user@host", "@host" (a
+    # whole domain) or a client IP network ("192.0.2.0/24").
+    blocklist: list[str] = field(default_factory=list)
+    # Signing keys of this domain, as [[dkim]] tables ([[dkim.keys]] without domain).
+    dkim: list[DkimKeyConfig] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     hostname: str = "localhost"
     data_dir: str = "mailyard-data"
+    # Per-domain files DOMAIN.toml; relative to the main file's folder. Empty:
+    # policy.d next to the main file, when there is one.
+    policy_dir: str = ""
     services: list[str] = field(default_factory=lambda: list(SERVICES))
     mx: MxConfig = field(default_factory=MxConfig)
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
@@ -415,23 +612,32 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
     dmarc: DmarcConfig = field(default_factory=DmarcConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    antivirus: AntivirusConfig = field(default_factory=AntivirusConfig)
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
+    spam: SpamConfig = field(default_factory=SpamConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    gc: GcConfig = field(default_factory=GcConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     cassandra: CassandraConfig = field(default_factory=CassandraConfig)
     s3: S3Config = field(default_factory=S3Config)
+    at_rest: AtRestConfig = field(default_factory=AtRestConfig)
+    tiering: TieringConfig = field(default_factory=TieringConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     opensearch: OpenSearchConfig = field(default_factory=OpenSearchConfig)
     elasticsearch: ElasticsearchConfig = field(default_factory=ElasticsearchConfig)
+    # Local domains' policies by domain name, from the main file and policy_dir.
+    domains: dict[str, DomainConfig] = field(default_factory=dict)
 
     @property
     def data_path(self) -> Path:
@@ -451,9 +657,12 @@ CHOICES = {
     "opensearch.refresh": ("true", "wait_for"),
     "elasticsearch.refresh": ("true", "wait_for"),
     "log.level": ("debug", "info", "warning", "error"),
+    "log.format": ("logfmt", "json"),
     "dmarc.mode": DMARC_MODES,
     "tls.min_version": ("TLSv1.2", "TLSv1.3"),
     "outbound.tls_policy": ("may", "encrypt", "verify", "none"),
+    "antivirus.on_infected": ("reject", "quarantine"),
+    "antivirus.on_failure": ("tempfail", "accept"),
 }
 POSITIVE = {"mx.processes", "mx.max_message_size", "mx.max_recipients", "mx.idle_timeout",
             "mailbox.max_page_size", "mailbox.attachment_chunk_size",
@@ -470,6 +679,8 @@ POSITIVE = {"mx.processes", "mx.max_message_size", "mx.max_recipients", "mx.idle
             "search.batch_size", "search.max_attachment_bytes", "search.max_text_chars",
             "search.timeout", "search.breaker_failures", "search.breaker_reset",
             "search.cache_mib",
+            "spam.required_score", "spam.learning_rate", "spam.blocklist_refresh",
+            "spam.max_text_chars",
             "submission.max_message_size", "submission.max_recipients",
             "submission.idle_timeout", "submission.messages_per_hour",
             "submission.recipients_per_day", "submission.auth_failures_per_ip",
@@ -482,9 +693,10 @@ POSITIVE = {"mx.processes", "mx.max_message_size", "mx.max_recipients", "mx.idle
             "kafka.request_timeout", "kafka.replication_factor",
             "outbound.connect_timeout", "outbound.command_timeout", "outbound.concurrency",
             "outbound.destination_concurrency", "outbound.messages_per_connection",
-            "outbound.connection_idle", "outbound.expire_after", "outbound.remote_port"}
+            "outbound.connection_idle", "outbound.expire_after", "outbound.remote_port",
+            "metrics.sample_interval", "antivirus.timeout", "antivirus.clean_ttl"}
 LISTEN_KEYS = {"mx.listen", "mailbox.listen", "gateway.listen", "submission.listen",
-               "submission.tls_listen"}
+               "submission.tls_listen", "metrics.listen"}
 
 
 class ConfigError(Exception):
@@ -500,38 +712,74 @@ class ConfigError(Exception):
 
 def load(path: str | os.PathLike | None = None, data_dir: str | None = None) -> Config:
     """Loads `path`, else ./mailyard.toml when present, else the defaults.
-    `data_dir` (the --data-dir option) wins over the file."""
+    `data_dir` (the --data-dir option) wins over the file. Raises the first
+    error; `check` gives them all."""
+    config, errors = check(path, data_dir)
+    if errors:
+        raise errors[0]
+    return config
+
+
+def check(path: str | os.PathLike | None = None,
+          data_dir: str | None = None) -> tuple[Config, list[ConfigError]]:
+    """The config of `path` and its domain files, and every error found in
+    them, each naming its file; a setting in error keeps its default."""
     if path is None and Path("mailyard.toml").exists():
         path = "mailyard.toml"
-    config = Config()
-    locate = None
+    config, errors, locate = Config(), [], None
     if path is not None:
-        text = _read(Path(path))
+        parsed = _parse(Path(path), errors)
+        if parsed is not None:
+            document, locate = parsed
+            config = _in_file(path, errors, lambda found: _build(
+                Config, document, "", locate, found))
+            _in_file(path, errors, lambda found: validate(config, locate, found))
+    else:
+        validate(config, None, errors)
+    if data_dir is not None:
+        config.data_dir = data_dir
+    from mailyard.policy.domains import load_domain_files  # it builds on this module
+
+    load_domain_files(config, path, locate, errors)
+    return config, errors
+
+
+def _parse(path: Path, errors: list[ConfigError]):
+    """(document, key locator) of a TOML file, or None with its error added."""
+    try:
+        text = _read(path)
         try:
             document = tomllib.loads(text)
         except (ValueError, RecursionError) as exc:
             # TOMLDecodeError is a ValueError; tomllib also raises a plain one for
             # an integer past Python's 4300 digits, and RecursionError for arrays
             # or inline tables nested ~1,000 deep.
-            raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from None
-        locate = _KeyLocator(text)
-    if data_dir is not None:
-        config.data_dir = data_dir
-    try:
-        if path is not None:
-            config = _build(Config, document, "", locate)
-            if data_dir is not None:
-                config.data_dir = data_dir
-        validate(config, locate)
+            at = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+            raise ConfigError(f"not valid TOML: {exc}", file=str(path),
+                              line=int(at.group(1)) if at else None) from None
     except ConfigError as exc:
-        raise ConfigError(exc.reason, file=str(path) if path else None, line=exc.line,
-                          key=exc.key) from None
-    return config
+        errors.append(exc)
+        return None
+    return document, _KeyLocator(text)
 
 
-def validate(config: Config, locate: typing.Callable[[str], int | None] | None = None) -> None:
+def _in_file(path, errors: list[ConfigError], work):
+    """Runs `work(found)`, adding the errors it collects in `found` to `errors`
+    with `path` as their file."""
+    found: list[ConfigError] = []
+    result = work(found)
+    errors.extend(ConfigError(e.reason, file=str(path), line=e.line, key=e.key) for e in found)
+    return result
+
+
+def validate(config: Config, locate: typing.Callable[[str], int | None] | None = None,
+             errors: list[ConfigError] | None = None) -> None:
+    """Raises the first error, or adds every one to `errors` when given."""
     def fail(key: str, message: str) -> None:
-        raise ConfigError(message, key=key, line=locate(key) if locate else None)
+        error = ConfigError(message, key=key, line=locate(key) if locate else None)
+        if errors is None:
+            raise error
+        errors.append(error)
 
     for key, allowed in CHOICES.items():
         value = _get(config, key)
@@ -554,6 +802,11 @@ def validate(config: Config, locate: typing.Callable[[str], int | None] | None =
             ipaddress.ip_network(network, strict=False)
         except ValueError:
             fail("mx.trusted_networks", f"not an IP network: {network!r}")
+    for network in config.gateway.operator_networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            fail("gateway.operator_networks", f"not an IP network: {network!r}")
     for index, key in enumerate(config.dkim.keys):
         where = f"dkim.keys[{index}]"
         if key.algorithm not in DKIM_ALGORITHMS:
@@ -580,11 +833,24 @@ def validate(config: Config, locate: typing.Callable[[str], int | None] | None =
                          else f"{config.outbound.relay_host}:25")
         except ValueError as exc:
             fail("outbound.relay_host", str(exc))
+    try:
+        parse_clamd_address(config.antivirus.address)
+    except ValueError as exc:
+        fail("antivirus.address", str(exc))
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         fail("tls.cert_file", "tls.cert_file and tls.key_file go together")
+    if not 1 <= config.at_rest.compression_level <= 19:
+        fail("at_rest.compression_level", "must be 1 to 19 (zstd's levels)")
+    if config.tiering.after_days < 0:
+        fail("tiering.after_days", "must be 0 or more")
+    if config.tiering.interval <= 0:
+        fail("tiering.interval", "must be more than 0")
     for name in config.services:
         if name not in SERVICES:
             fail("services", f"unknown service {name!r}; known: {', '.join(SERVICES)}")
+    from mailyard.policy.tls import problems as tls_problems  # it imports this module
+    for key, message in tls_problems(config):
+        fail(key, message)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -593,6 +859,16 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_clamd_address(value: str) -> tuple[str, tuple[str, int] | None]:
+    """clamd's socket: ('/path', None) for unix:/path or /path, else ('', (host, port))."""
+    path = value.removeprefix("unix:")
+    if path.startswith("/"):
+        return path, None
+    if value.startswith("unix:"):
+        raise ValueError(f"expected unix:/absolute/path, got {value!r}")
+    return "", parse_listen(value)
 
 
 def to_dict(config: Config) -> dict:
@@ -615,20 +891,29 @@ def _get(config: Config, dotted: str):
     return value
 
 
-def _build(cls, document: dict, prefix: str, locate: _KeyLocator):
+def _build(cls, document: dict, prefix: str, locate: _KeyLocator,
+           errors: list[ConfigError] | None = None):
+    """`cls` from a TOML table. Raises the first error, or, when `errors` is
+    given, adds each there and leaves that setting at its default."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     values = {}
     for key, raw in document.items():
         dotted = f"{prefix}{key}"
-        if key not in known:
-            raise ConfigError(f"unknown setting; known here: {', '.join(sorted(known))}",
-                              key=dotted, line=locate(dotted))
-        values[key] = _convert(hints[key], raw, dotted, locate)
+        try:
+            if key not in known:
+                raise ConfigError(f"unknown setting; known here: {', '.join(sorted(known))}",
+                                  key=dotted, line=locate(dotted))
+            values[key] = _convert(hints[key], raw, dotted, locate, errors)
+        except ConfigError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
     return cls(**values)
 
 
-def _convert(hint, raw, dotted: str, locate: _KeyLocator):
+def _convert(hint, raw, dotted: str, locate: _KeyLocator,
+             errors: list[ConfigError] | None = None):
     def wrong(expected: str):
         return ConfigError(f"expected {expected}, got {type(raw).__name__} {raw!r}",
                            key=dotted, line=locate(dotted))
@@ -636,9 +921,15 @@ def _convert(hint, raw, dotted: str, locate: _KeyLocator):
     if dataclasses.is_dataclass(hint):
         if not isinstance(raw, dict):
             raise wrong(f"a table [{dotted}]")
-        return _build(hint, raw, dotted + ".", locate)
+        return _build(hint, raw, dotted + ".", locate, errors)
     if typing.get_origin(hint) is dict:
         _, item = typing.get_args(hint)
+        if dataclasses.is_dataclass(item) or typing.get_origin(item) is list:
+            # [domains."example.com"], user_limits.alice, lists.team = [...]
+            if not isinstance(raw, dict):
+                raise wrong(f"a table [{dotted}]")
+            return {str(k): _convert(item, v, f"{dotted}.{k}", locate, errors)
+                    for k, v in raw.items()}
         if not isinstance(raw, dict) or not all(isinstance(v, item) for v in raw.values()):
             raise wrong(f"a table of {item.__name__} values")
         return {str(k): v for k, v in raw.items()}
@@ -647,7 +938,8 @@ def _convert(hint, raw, dotted: str, locate: _KeyLocator):
         if dataclasses.is_dataclass(item):  # an array of tables: [[dkim.keys]]
             if not isinstance(raw, list) or not all(isinstance(v, dict) for v in raw):
                 raise wrong(f"an array of tables [[{dotted}]]")
-            return [_build(item, v, f"{dotted}[{i}].", locate) for i, v in enumerate(raw)]
+            return [_build(item, v, f"{dotted}[{i}].", locate, errors)
+                    for i, v in enumerate(raw)]
         if not isinstance(raw, list) or not all(isinstance(v, item) for v in raw):
             raise wrong(f"a list of {item.__name__}")
         return list(raw)

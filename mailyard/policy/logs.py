@@ -1,10 +1,14 @@
-"""Structured logs: one event per line, `key=value` pairs, addresses masked.
+"""Structured logs: one event per line, addresses masked.
+
+A line is logfmt (`key=value` pairs) or, with `log.format = "json"`, one JSON
+object with the same keys, for log shippers that parse JSON.
 
 Every line about a message carries its queue id, so one grep follows it
 through the MX, the queue and the delivery worker, as with Postfix.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -12,12 +16,15 @@ import sys
 import time
 
 _MASK = True
+_JSON = False
 _ADDRESS = re.compile(r"([^\s@<>\"']{1,64})@([^\s@<>\"']+)")
 
 
-def setup(level: str = "info", mask_addresses: bool = True, stream=None) -> None:
-    global _MASK
+def setup(level: str = "info", mask_addresses: bool = True, stream=None,
+          format: str = "logfmt") -> None:
+    global _MASK, _JSON
     _MASK = mask_addresses
+    _JSON = format == "json"
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("mailyard")
@@ -70,10 +77,9 @@ class _LibraryFormatter(logging.Formatter):
         message = record.getMessage()
         if record.exc_info:
             message += " " + repr(record.exc_info[1])
-        repeated = getattr(record, "repeated", 0)
-        return (f"ts={stamp}Z level={record.levelname.lower()} service=library pid={os.getpid()}"
-                f" event=library_log logger={record.name} message={_quote(message)}"
-                + (f" repeated={repeated}" if repeated else ""))
+        return line({"ts": stamp + "Z", "level": record.levelname.lower(), "service": "library",
+                     "pid": os.getpid(), "event": "library_log", "logger": record.name,
+                     "message": message, "repeated": getattr(record, "repeated", 0) or None})
 
 
 def mask(text: str) -> str:
@@ -81,6 +87,16 @@ def mask(text: str) -> str:
     if not _MASK:
         return text
     return _ADDRESS.sub(lambda m: f"{m.group(1)[:1]}***@{m.group(2)}", text)
+
+
+def line(fields: dict) -> str:
+    """One event as the configured format; None values are left out."""
+    fields = {k.rstrip("_"): v for k, v in fields.items() if v is not None}
+    if _JSON:
+        return json.dumps({k: mask(v) if isinstance(v, str) else
+                           v if isinstance(v, (int, float, bool)) else str(v)
+                           for k, v in fields.items()}, ensure_ascii=False)
+    return " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
 
 
 def _quote(value) -> str:
@@ -91,7 +107,7 @@ def _quote(value) -> str:
 
 
 class EventLog:
-    """`log.info("accepted", queue_id=..., rcpts=2)` → one logfmt line."""
+    """`log.info("accepted", queue_id=..., rcpts=2)` → one line."""
 
     def __init__(self, service: str):
         self.service = service
@@ -101,9 +117,10 @@ class EventLog:
         if not self._logger.isEnabledFor(level):
             return
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        pairs = " ".join(f"{k.rstrip('_')}={_quote(v)}" for k, v in fields.items() if v is not None)
-        self._logger.log(level, f"ts={stamp}Z level={logging.getLevelName(level).lower()} "
-                                f"service={self.service} pid={os.getpid()} event={event} {pairs}".rstrip())
+        self._logger.log(level, line({"ts": stamp + "Z",
+                                      "level": logging.getLevelName(level).lower(),
+                                      "service": self.service, "pid": os.getpid(),
+                                      "event": event, **fields}))
 
     def debug(self, event: str, **fields) -> None:
         self._emit(logging.DEBUG, event, fields)

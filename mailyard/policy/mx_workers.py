@@ -15,6 +15,7 @@ import signal
 import sys
 
 from mailyard.policy.logs import EventLog
+from mailyard.policy.metrics import LISTEN_ENV as METRICS_LISTEN_ENV
 
 # Set in the children: the address the parent bound (so port 0 means the same
 # port everywhere) and that they must not start workers of their own.
@@ -27,33 +28,44 @@ def is_worker() -> bool:
 
 
 class MxWorkers:
-    def __init__(self, global_args: list[str], count: int, address: tuple[str, int]):
+    def __init__(self, global_args: list[str], count: int, address: tuple[str, int],
+                 metrics_listen: list[str] | None = None):
+        """`metrics_listen`: each extra process's /metrics address, in order."""
         self.argv = [sys.executable, "-m", "mailyard", *global_args, "run", "mx"]
         self.env = {**os.environ, WORKER_ENV: "1", LISTEN_ENV: f"{address[0]}:{address[1]}"}
         self.count = count
+        self.metrics_listen = metrics_listen or []
         self.procs: list[asyncio.subprocess.Process] = []
         self.log = EventLog("master")
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env,
+    async def _spawn(self, number: int) -> asyncio.subprocess.Process:
+        env = dict(self.env)
+        if number < len(self.metrics_listen):
+            env[METRICS_LISTEN_ENV] = self.metrics_listen[number]
+        proc = await asyncio.create_subprocess_exec(*self.argv, env=env,
                                                     stdout=asyncio.subprocess.DEVNULL)
         self.log.info("mx_worker_started", pid=proc.pid)
         return proc
 
     async def supervise(self, stop: asyncio.Event) -> None:
-        self.procs = [await self._spawn() for _ in range(self.count)]
+        self.procs = [await self._spawn(n) for n in range(self.count)]
         try:
             while not stop.is_set():
                 for i, proc in enumerate(self.procs):
                     if proc.returncode is not None:
                         self.log.error("mx_worker_died", pid=proc.pid, status=proc.returncode)
-                        self.procs[i] = await self._spawn()
+                        self.procs[i] = await self._spawn(i)
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
                 except asyncio.TimeoutError:
                     pass
         finally:
             await self.stop()
+
+    def signal(self, signum: int) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.send_signal(signum)
 
     async def stop(self) -> None:
         for proc in self.procs:

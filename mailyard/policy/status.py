@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from importlib import metadata as package_metadata
 from pathlib import Path
 
 from mailyard.policy.config import Config, parse_listen
 
-PROBE_TIMEOUT = 1.0  # seconds per connect or health check
+PROBE_TIMEOUT = 1.0  # seconds per connect
+# Seconds for a health answer once connected: a busy server answers late, not
+# never, and a false "unhealthy" sends a postmaster chasing nothing.
+HEALTH_TIMEOUT = 5.0
 SECTION_TIMEOUT = 20.0  # seconds per store section (a distributed store may be slow to refuse)
 # A group no consumer joins: its lag is every record a topic still keeps,
 # which is what a dead-letter topic holds for the postmaster.
@@ -70,11 +74,12 @@ def _listeners(config: Config) -> list[tuple[str, str | None]]:
 
 
 async def _services(config: Config) -> list[dict]:
-    return list(await asyncio.gather(*(_probe(label, address)
+    tls = {"mailbox": config.mailbox.tls, "gateway": config.gateway.tls}
+    return list(await asyncio.gather(*(_probe(label, address, tls.get(label))
                                        for label, address in _listeners(config))))
 
 
-async def _probe(label: str, address: str | None) -> dict:
+async def _probe(label: str, address: str | None, tls=None) -> dict:
     if address is None:
         return {"name": label, "listen": None, "state": "no port"}
     host, port = parse_listen(address)
@@ -89,7 +94,10 @@ async def _probe(label: str, address: str | None) -> dict:
         why = os.strerror(errno) if errno else f"no answer in {PROBE_TIMEOUT:g}s"
         return {**found, "state": "down", "detail": why.lower()}
     health = {"mailbox": _grpc_health, "gateway": _http_health}.get(label)
-    detail = await health(host, port) if health else None
+    if tls is not None and tls.cert_file:
+        detail = await _tls_health(label, host, port, tls)
+    else:
+        detail = await health(host, port) if health else None
     if detail is None:
         return {**found, "state": "up"}
     ok, text = detail
@@ -104,20 +112,41 @@ async def _grpc_health(host: str, port: int) -> tuple[bool, str]:
     async with grpc.aio.insecure_channel(target) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=PROBE_TIMEOUT)
+                health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             return False, f"gRPC health: {exc.code().name}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     return status == "SERVING", f"gRPC health: {status}"
 
 
-async def _http_health(host: str, port: int) -> tuple[bool, str]:
+async def _tls_health(label: str, host: str, port: int, tls) -> tuple[bool, str]:
+    """A TLS port of this machine: the probe checks the handshake, not the
+    certificate (it trusts the host it runs on), and the gateway's /healthz.
+    It has no client certificate for mutual TLS, and gRPC will not skip
+    verification, so there the handshake (or the connect) is all it checks."""
+    if tls.client_ca_file:
+        return True, "mutual TLS: health not probed"
+    if label == "gateway":
+        return await _http_health(host, port, scheme="https")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context), PROBE_TIMEOUT)
+        writer.close()
+    except (OSError, asyncio.TimeoutError) as exc:
+        return False, f"TLS handshake: {exc!r}"
+    return True, "TLS handshake: ok"
+
+
+async def _http_health(host: str, port: int, scheme: str = "http") -> tuple[bool, str]:
     import httpx
 
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as client:
-            reply = await client.get(f"http://{netloc}/healthz")
+        # verify only matters for https: our own port, see _tls_health.
+        async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT, verify=False) as client:
+            reply = await client.get(f"{scheme}://{netloc}/healthz")
     except httpx.HTTPError as exc:
         return False, f"/healthz: {exc!r}"
     return reply.status_code == 200, f"/healthz: {reply.status_code}"
@@ -125,7 +154,7 @@ async def _http_health(host: str, port: int) -> tuple[bool, str]:
 
 # --- queue -------------------------------------------------------------------
 
-def _consumers(config: Config) -> list[tuple[str, str | None]]:
+def consumers(config: Config) -> list[tuple[str, str | None]]:
     """(topic, consumer group) of every topic; None for the dead letters."""
     from mailyard.delivery.worker import DLQ_TOPIC
     from mailyard.delivery.worker import GROUP as DELIVERY
@@ -144,7 +173,7 @@ def _consumers(config: Config) -> list[tuple[str, str | None]]:
 async def _lag(config: Config, stores) -> list[dict]:
     queue = await stores.queue()
     return [{"topic": topic, "group": group, "lag": await queue.lag(topic, group or NO_GROUP)}
-            for topic, group in _consumers(config)]
+            for topic, group in consumers(config)]
 
 
 async def _outbound(config: Config, stores) -> dict:

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class InboundEnvelope(_message.Message):
-    __slots__ = ("queue_id", "mail_from", "rcpt_to", "spool_key", "received_at_ms", "client_ip", "helo", "size", "smtputf8", "client_hostname", "quarantine")
+    __slots__ = ("queue_id", "mail_from", "rcpt_to", "spool_key", "received_at_ms", "client_ip", "helo", "size", "smtputf8", "client_hostname", "quarantine", "dnsbl_listed")
     QUEUE_ID_FIELD_NUMBER: _ClassVar[int]
     MAIL_FROM_FIELD_NUMBER: _ClassVar[int]
     RCPT_TO_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class InboundEnvelope(_message.Message):
     SMTPUTF8_FIELD_NUMBER: _ClassVar[int]
     CLIENT_HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     QUARANTINE_FIELD_NUMBER: _ClassVar[int]
+    DNSBL_LISTED_FIELD_NUMBER: _ClassVar[int]
     queue_id: str
     mail_from: str
     rcpt_to: _containers.RepeatedScalarFieldContainer[str]
@@ -31,7 +32,8 @@ class InboundEnvelope(_message.Message):
     smtputf8: bool
     client_hostname: str
     quarantine: bool
-    def __init__(self, queue_id: _Optional[str] = ..., mail_from: _Optional[str] = ..., rcpt_to: _Optional[_Iterable[str]] = ..., spool_key: _Optional[str] = ..., received_at_ms: _Optional[int] = ..., client_ip: _Optional[str] = ..., helo: _Optional[str] = ..., size: _Optional[int] = ..., smtputf8: _Optional[bool] = ..., client_hostname: _Optional[str] = ..., quarantine: _Optional[bool] = ...) -> None: ...
+    dnsbl_listed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, queue_id: _Optional[str] = ..., mail_from: _Optional[str] = ..., rcpt_to: _Optional[_Iterable[str]] = ..., spool_key: _Optional[str] = ..., received_at_ms: _Optional[int] = ..., client_ip: _Optional[str] = ..., helo: _Optional[str] = ..., size: _Optional[int] = ..., smtputf8: _Optional[bool] = ..., client_hostname: _Optional[str] = ..., quarantine: _Optional[bool] = ..., dnsbl_listed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OutboundEnvelope(_message.Message):
     __slots__ = ("queue_id", "mail_from", "rcpt_to", "spool_key", "size", "user_id", "submitted_at_ms", "attempt", "generation", "not_before_ms", "smtputf8", "delay_warned", "last_error")

@@ -16,6 +16,18 @@ FULL: Format
 METADATA: Format
 RAW: Format
 
+class GetUsageRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("used_bytes", "limit_bytes")
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    used_bytes: int
+    limit_bytes: int
+    def __init__(self, used_bytes: _Optional[int] = ..., limit_bytes: _Optional[int] = ...) -> None: ...
+
 class MessageSummary(_message.Message):
     __slots__ = ("id", "thread_id", "to", "subject", "snippet", "received_at", "labels", "unread", "has_attachments", "size")
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -62,12 +74,14 @@ class ListMessagesResponse(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[MessageSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., unread_count: _Optional[int] = ...) -> None: ...
 
 class GetMessageRequest(_message.Message):
-    __slots__ = ("id", "format")
+    __slots__ = ("id", "format", "allow_remote_images")
     ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_REMOTE_IMAGES_FIELD_NUMBER: _ClassVar[int]
     id: str
     format: Format
-    def __init__(self, id: _Optional[str] = ..., format: _Optional[_Union[Format, str]] = ...) -> None: ...
+    allow_remote_images: bool
+    def __init__(self, id: _Optional[str] = ..., format: _Optional[_Union[Format, str]] = ..., allow_remote_images: _Optional[bool] = ...) -> None: ...
 
 class Header(_message.Message):
     __slots__ = ("name", "value")
@@ -92,7 +106,7 @@ class Attachment(_message.Message):
     def __init__(self, id: _Optional[str] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("summary", "headers", "text_body", "html_body", "attachments", "raw", "malformed", "cc", "rfc822_message_id")
+    __slots__ = ("summary", "headers", "text_body", "html_body", "attachments", "raw", "malformed", "cc", "rfc822_message_id", "remote_content_blocked")
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     TEXT_BODY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +116,7 @@ class Message(_message.Message):
     MALFORMED_FIELD_NUMBER: _ClassVar[int]
     CC_FIELD_NUMBER: _ClassVar[int]
     RFC822_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_CONTENT_BLOCKED_FIELD_NUMBER: _ClassVar[int]
     summary: MessageSummary
     headers: _containers.RepeatedCompositeFieldContainer[Header]
     text_body: str
@@ -111,7 +126,8 @@ class Message(_message.Message):
     malformed: bool
     cc: _containers.RepeatedScalarFieldContainer[str]
     rfc822_message_id: str
-    def __init__(self, summary: _Optional[_Union[MessageSummary, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., text_body: _Optional[str] = ..., html_body: _Optional[str] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., raw: _Optional[bytes] = ..., malformed: _Optional[bool] = ..., cc: _Optional[_Iterable[str]] = ..., rfc822_message_id: _Optional[str] = ...) -> None: ...
+    remote_content_blocked: bool
+    def __init__(self, summary: _Optional[_Union[MessageSummary, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., text_body: _Optional[str] = ..., html_body: _Optional[str] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., raw: _Optional[bytes] = ..., malformed: _Optional[bool] = ..., cc: _Optional[_Iterable[str]] = ..., rfc822_message_id: _Optional[str] = ..., remote_content_blocked: _Optional[bool] = ...) -> None: ...
 
 class GetAttachmentRequest(_message.Message):
     __slots__ = ("message_id", "attachment_id")

@@ -149,6 +149,11 @@ class MailboxStub:
                 request_serializer=mailyard_dot_proto_dot_mailbox__pb2.ListChangesRequest.SerializeToString,
                 response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.ListChangesResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/mailyard.mailbox.v1.Mailbox/GetUsage',
+                request_serializer=mailyard_dot_proto_dot_mailbox__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=mailyard_dot_proto_dot_mailbox__pb2.Usage.FromString,
+                _registered_method=True)
 
 
 class MailboxServicer:
@@ -315,6 +320,14 @@ class MailboxServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """The caller's storage: bytes used (each distinct part counted once) and
+        the quota; past it the MX defers new mail (452 4.2.2).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MailboxServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -432,6 +445,11 @@ def add_MailboxServicer_to_server(servicer, server):
                     servicer.ListChanges,
                     request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.ListChangesRequest.FromString,
                     response_serializer=mailyard_dot_proto_dot_mailbox__pb2.ListChangesResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=mailyard_dot_proto_dot_mailbox__pb2.GetUsageRequest.FromString,
+                    response_serializer=mailyard_dot_proto_dot_mailbox__pb2.Usage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1055,6 +1073,33 @@ class Mailbox:
             '/mailyard.mailbox.v1.Mailbox/ListChanges',
             mailyard_dot_proto_dot_mailbox__pb2.ListChangesRequest.SerializeToString,
             mailyard_dot_proto_dot_mailbox__pb2.ListChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailyard.mailbox.v1.Mailbox/GetUsage',
+            mailyard_dot_proto_dot_mailbox__pb2.GetUsageRequest.SerializeToString,
+            mailyard_dot_proto_dot_mailbox__pb2.Usage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,7 +10,9 @@ committed. Every step is idempotent, so a crash anywhere replays the batch.
 from __future__ import annotations
 
 import asyncio
+import time
 
+from mailyard.policy import metrics
 from mailyard.policy.config import Config
 from mailyard.policy.logs import EventLog
 from mailyard.proto import events_pb2
@@ -18,6 +20,7 @@ from mailyard.searchd.bloom import BloomFilters, TermBloom
 from mailyard.searchd.extract import Limits, document
 from mailyard.searchd.index import shared_index
 from mailyard.searchd.index.base import LabelChange, SearchDocument, SearchIndex
+from mailyard.store import trace
 from mailyard.store.blobs.base import BlobStore
 from mailyard.store.errors import NotFound
 from mailyard.store.metadata.base import MetadataStore
@@ -44,6 +47,7 @@ class Indexer:
 
     async def index_batch(self, records: list[Record]) -> None:
         latest: dict[tuple[str, str], int] = {}
+        announced: list[int] = []  # the events' times, for the latency histogram
         for record in records:
             try:
                 event = events_pb2.IndexEvent.FromString(record.value)
@@ -54,7 +58,8 @@ class Indexer:
             if event.kind == Kind.LABELS_CHANGED and latest.get(key) == Kind.MESSAGE_ADDED:
                 continue  # the add reads the labels as they are now anyway
             latest[key] = event.kind
-        documents, labels, deletions = [], [], []
+            announced.append(event.at_ms)
+        documents, labels, deletions, added = [], [], [], []
         for (user_id, message_id), kind in latest.items():
             if kind == Kind.MESSAGE_DELETED:
                 deletions.append((user_id, message_id))
@@ -72,8 +77,16 @@ class Indexer:
                     continue
                 documents.append(await asyncio.to_thread(document, record, raw, self.limits,
                                                          self.log))
+                if record.queue_id:
+                    added.append(trace.step(record.queue_id, trace.INDEXED, user_id,
+                                            user=user_id, message_id=message_id))
         await self.learn_terms(documents)
         await self.index.write(documents, labels, deletions)
+        await trace.record(self.metadata, self.log, added)
+        now = time.time()
+        for at_ms in announced:
+            if at_ms:
+                metrics.index_seconds.observe(max(0.0, now - at_ms / 1000))
         self.log.info("indexed", added=len(documents), labels_changed=len(labels),
                       deleted=len(deletions), offset=records[-1].offset)
 

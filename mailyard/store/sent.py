@@ -8,6 +8,10 @@ retried step finds the same record.
 from __future__ import annotations
 
 import hashlib
+import time
+
+from mailyard.policy.config import GcConfig
+from mailyard.store.gc.links import link_and_secure
 
 from mailyard.store.blobs.base import BlobStore
 from mailyard.store.messages import find_thread, store_content
@@ -21,6 +25,7 @@ def sent_message_id(queue_id: str, user: str) -> str:
 async def store_sent_copy(metadata: MetadataStore, blobs: BlobStore, user: str, raw: bytes,
                           queue_id: str, now_ms: int, min_part_size: int,
                           thread_subject_window: float) -> MessageRecord:
+    started = time.monotonic()
     stored = await store_content(blobs, raw, min_part_size)
     message_id = sent_message_id(queue_id, user)
     summary = stored.summary
@@ -33,6 +38,10 @@ async def store_sent_copy(metadata: MetadataStore, blobs: BlobStore, user: str, 
         sender=summary.sender, to=summary.to, cc=summary.cc, subject=summary.subject,
         snippet=summary.snippet, labels={"SENT"}, has_attachments=bool(stored.attachments),
         attachments=stored.attachments, queue_id=queue_id)
-    await metadata.link_blobs(f"{user}/{message_id}", stored.blob_keys)
+    gc = GcConfig()
+    await link_and_secure(metadata, blobs, [f"{user}/{message_id}"], stored.blob_keys, started,
+                          lambda: store_content(blobs, raw, min_part_size), grace=gc.grace,
+                          claim_lease=gc.claim_lease)
+    await metadata.charge_blobs(user, stored.blob_sizes)
     await metadata.put_message(record)
     return record

@@ -52,6 +52,30 @@ def _open_s3_blobs(config: Config) -> BlobStore:
     return S3BlobStore(config.s3)
 
 
+def _open_cold_blobs(config: Config) -> BlobStore:
+    from mailyard.store.blobs.fs import FsBlobStore
+    return FsBlobStore(config.data_path / (config.tiering.cold_dir or "blobs-cold"))
+
+
+def _open_cold_s3_blobs(config: Config) -> BlobStore:
+    from dataclasses import replace
+    from mailyard.store.blobs.s3 import S3BlobStore
+    return S3BlobStore(replace(config.s3, bucket=config.tiering.cold_bucket
+                               or config.s3.bucket + "-cold"))
+
+
+# The adapter of each blobs setting, for the hot tier and the cold one.
+_BLOB_TIERS = {"fs": (_open_blobs, _open_cold_blobs), "s3": (_open_s3_blobs, _open_cold_s3_blobs)}
+
+
+def _open_layered_blobs(config: Config) -> BlobStore:
+    """The blobs adapter inside its tiering and sealing layers (store/blobs/layers.py)."""
+    from mailyard.store.blobs.layers import layered
+    open_hot, open_cold = _BLOB_TIERS[config.storage.blobs]
+    return layered(config, open_hot(config),
+                   open_cold(config) if config.tiering.enabled else None)
+
+
 def _open_cache(config: Config) -> Cache:
     from mailyard.store.cache.memory import MemoryCache
     return MemoryCache()
@@ -65,7 +89,7 @@ def _open_redis_cache(config: Config) -> Cache:
 _OPENERS = {
     "queue": {"sqlite": _open_queue, "kafka": _open_kafka_queue},
     "metadata": {"sqlite": _open_metadata, "cassandra": _open_cassandra_metadata},
-    "blobs": {"fs": _open_blobs, "s3": _open_s3_blobs},
+    "blobs": {"fs": _open_layered_blobs, "s3": _open_layered_blobs},
     "cache": {"memory": _open_cache, "redis": _open_redis_cache},
 }
 

@@ -176,3 +176,29 @@ async def test_a_batch_whose_commit_failed_in_an_outage_is_handed_out_again():
         assert await queue.lag(topic, group) == 0
     finally:
         await queue.close()
+
+
+async def test_a_topic_prefix_keeps_two_installations_on_one_kafka_apart():
+    """Without it, one installation's delivery workers (group "delivery" on
+    mail.inbound) take the other's records and find no spool for them."""
+    kafka = cluster_address("MAILYARD_KAFKA")
+    tag = uuid.uuid4().hex[:8]
+    queues = {name: KafkaQueue(KafkaConfig(bootstrap_servers=[kafka],
+                                           request_timeout=REQUEST_TIMEOUT,
+                                           topic_prefix=f"test.{tag}.{name}."))
+              for name in ("ours", "theirs")}
+    try:
+        for name, queue in queues.items():
+            await queue.start()
+            await queue.publish("mail.inbound", b"user1", name.encode())
+        for name, queue in queues.items():
+            consumer = await queue.consumer("mail.inbound", "delivery")
+            got = []
+            while batch := await consumer.fetch(timeout=2):
+                got += batch
+            assert [r.value for r in got] == [name.encode()]
+            await consumer.commit(got)
+            assert await queue.lag("mail.inbound", "delivery") == 0
+    finally:
+        for queue in queues.values():
+            await queue.close()

@@ -14,6 +14,8 @@ from mailyard.store.queue.base import Queue
 QUEUE_ADAPTERS = ["sqlite"]  # tests/cluster adds "kafka" when its server runs
 if os.environ.get("MAILYARD_KAFKA"):
     QUEUE_ADAPTERS.append("kafka")
+if os.environ.get("MAILYARD_KAFKA_TLS"):
+    QUEUE_ADAPTERS.append("kafka_tls")
 
 QueueFactory = Callable[[], Awaitable[Queue]]
 
@@ -30,6 +32,12 @@ async def queue_factory(request: pytest.FixtureRequest, tmp_path) -> AsyncIterat
             from mailyard.store.queue.kafka import KafkaQueue
             # One cluster shared by every test: they use fresh uuid topics and groups.
             return KafkaQueue(KafkaConfig(bootstrap_servers=[os.environ["MAILYARD_KAFKA"]]))
+        if request.param == "kafka_tls":  # TLS, the broker's certificate verified
+            from mailyard.policy.config import BackendTlsConfig, KafkaConfig
+            from mailyard.store.queue.kafka import KafkaQueue
+            return KafkaQueue(KafkaConfig(
+                bootstrap_servers=[os.environ["MAILYARD_KAFKA_TLS"]],
+                tls=BackendTlsConfig(enabled=True, ca_file=os.environ["MAILYARD_TLS_CA"])))
         from mailyard.store.queue.sqlite import SqliteQueue
         # A long poll interval, so a fetch that returns early proves that the
         # publisher woke it rather than a poll happening to find the record.

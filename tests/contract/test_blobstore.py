@@ -129,6 +129,28 @@ async def test_put_after_delete_stores_again(blobstore: BlobStore):
     assert await blobstore.get(key) == data
 
 
+async def test_put_as_stores_under_the_given_key_and_keeps_an_existing_blob(
+        blobstore: BlobStore):
+    data, other = unique(), unique()
+    key = blob_key(data)
+    await blobstore.put_as(key, data)
+    assert await blobstore.get(key) == data
+    await blobstore.put_as(key, other)  # kept: a layer re-putting must not clobber
+    assert await blobstore.get(key) == data
+    await blobstore.put_as(key, other, replace=True)
+    assert await blobstore.get(key) == other
+    await blobstore.delete(key)
+
+
+async def test_keys_lists_every_blob_and_no_deleted_one(blobstore: BlobStore):
+    kept = [await blobstore.put(unique()) for _ in range(3)]
+    gone = await blobstore.put(unique())
+    await blobstore.delete(gone)
+    listed = {key async for key in blobstore.keys()}
+    assert set(kept) <= listed and gone not in listed
+    assert all(key.startswith("sha256/") and len(key) == 71 for key in listed)
+
+
 async def test_concurrent_writers_of_the_same_bytes_all_succeed(blobstore: BlobStore):
     data = unique(100 * 1024)
     keys = await asyncio.gather(*(blobstore.put(data) for _ in range(50)))

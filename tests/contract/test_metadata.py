@@ -712,3 +712,63 @@ async def test_outbound_list_in_queue_id_order_with_paging(metadata: MetadataSto
     assert await metadata.list_outbound(0, prefix) == []
     await metadata.delete_outbound(queue_ids[0])
     assert (await page(prefix, 1)) == [queue_ids[1]]
+
+
+# --- spam filtering ----------------------------------------------------------
+
+async def test_spam_weights_add_up_atomically_per_scope(metadata_factory: MetadataFactory):
+    first, second = await metadata_factory(), await metadata_factory()
+    scope, other = "t" + uuid.uuid4().hex, "t" + uuid.uuid4().hex
+    features = list(range(1000, 1250))  # more than one IN (...) chunk
+    assert await first.spam_weights(scope, features) == {}
+    await first.add_spam_weights(scope, {f: 0.25 for f in features})
+    await first.add_spam_weights(scope, {})
+    # Concurrent learners in two processes: no step is lost.
+    await asyncio.gather(*(store.add_spam_weights(scope, {7: 0.125, 1000: -0.5})
+                           for _ in range(10) for store in (first, second)))
+    weights = await second.spam_weights(scope, [7, 1000, 1001, 1249, 5])
+    assert weights.keys() == {7, 1000, 1001, 1249}
+    assert weights[7] == pytest.approx(2.5, abs=1e-5)
+    assert weights[1000] == pytest.approx(0.25 - 10.0, abs=1e-5)
+    assert weights[1249] == pytest.approx(0.25, abs=1e-6)
+    assert await first.spam_weights(other, features) == {}  # scopes never mix
+
+
+async def test_spam_verdicts_round_trip_per_user(metadata_factory: MetadataFactory):
+    from mailyard.store.metadata.base import SpamVerdict
+    first, second = await metadata_factory(), await metadata_factory()
+    user, stranger, message_id = new_user(), new_user(), uuid.uuid4().hex
+    assert await second.get_spam_verdict(user, message_id) is None
+    verdict = SpamVerdict(user_id=user, message_id=message_id, score=7.25, spam=True,
+                          tests=["GTUBE=1000.0", "MISSING_DATE=1.0"],
+                          features=[3, 2 ** 21 - 1, 0], trained_as="")
+    await first.put_spam_verdict(verdict)
+    assert await second.get_spam_verdict(user.upper(), message_id) == verdict
+    assert await second.get_spam_verdict(stranger, message_id) is None
+    trained = SpamVerdict(user_id=user, message_id=message_id, score=7.25, spam=True,
+                          tests=verdict.tests, features=verdict.features, trained_as="ham")
+    await second.put_spam_verdict(trained)
+    assert (await first.get_spam_verdict(user, message_id)).trained_as == "ham"
+
+
+async def test_sender_blocklist_exact_lookup_and_listing(metadata_factory: MetadataFactory):
+    first, second = await metadata_factory(), await metadata_factory()
+    prefix = "t" + uuid.uuid4().hex
+    entries = [f"{prefix}-{i:02d}@spam.example" for i in range(30)] + [f"{prefix}.example"]
+    for entry in reversed(entries):
+        assert await first.set_sender_blocked(entry.upper() if entry.endswith("7@spam.example")
+                                              else entry, True)
+    assert not await second.set_sender_blocked(entries[0], True)  # already there
+    candidates = [f"{prefix}-99@spam.example", entries[3].upper(), f"{prefix}.example"]
+    assert await second.blocked_senders(candidates) == [entries[3], f"{prefix}.example"]
+    assert await second.blocked_senders([]) == []
+
+    async def page(after: str, limit: int) -> list[str]:
+        return [e for e in await second.list_blocked_senders(limit, after)
+                if e.startswith(prefix)]
+
+    assert await page(prefix, 10) == sorted(entries)[:10]
+    assert await page(sorted(entries)[9], 100) == sorted(entries)[10:]
+    assert await second.set_sender_blocked(entries[3], False)
+    assert not await second.set_sender_blocked(entries[3], False)
+    assert await first.blocked_senders([entries[3], entries[4]]) == [entries[4]]

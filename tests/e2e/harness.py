@@ -38,6 +38,8 @@ member_ttl = {member_ttl}
 poll_interval = 0.1
 [log]
 level = "info"
+[metrics]
+listen = "127.0.0.1:0"
 [dns]
 zone_file = "{zone_file}"
 """

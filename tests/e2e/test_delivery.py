@@ -75,3 +75,34 @@ async def test_replaying_a_delivered_batch_stores_nothing_twice(tmp_path):
     assert sorted(m.queue_id for m in listed) == [f"R{i}" for i in range(5)]
     assert await metadata.count_messages(ALICE, "INBOX", unread_only=True) == 4
     await stores.close()
+
+
+async def test_a_record_whose_spool_is_gone_before_delivery_is_dead_lettered(tmp_path):
+    """A missing spool means "delivered already" only when the copies exist;
+    otherwise the message was lost upstream, and the postmaster must see it."""
+    config = Config(data_dir=str(tmp_path))
+    config.delivery.max_attempts, config.delivery.retry_backoff = 2, 0.01
+    stores = Stores(config)
+    metadata, queue, blobs = await stores.metadata(), await stores.queue(), await stores.blobs()
+    await metadata.add_domain("example.test")
+    await metadata.put_user(User(ALICE))
+    delivered = await queue.publish(INBOUND_TOPIC, b"D1", await envelope(stores, "D1"))
+    worker = DeliveryWorker(config, queue, metadata, blobs, await stores.cache())
+    await worker.handle_batch([delivered])
+    lost_value = await envelope(stores, "L1")
+    await blobs.delete(events_pb2.InboundEnvelope.FromString(lost_value).spool_key)
+    await blobs.delete(events_pb2.InboundEnvelope.FromString(delivered.value).spool_key)
+    lost = await queue.publish(INBOUND_TOPIC, b"L1", lost_value)
+
+    assert await worker.handle_batch([delivered, lost]) == [("D1", delivered_key(delivered)),
+                                                          None]
+    dlq = await queue.consumer(DLQ_TOPIC, "inspect")
+    (record,) = await dlq.fetch(10, timeout=2)
+    letter = events_pb2.DeadLetter.FromString(record.value)
+    assert letter.value == lost_value and "SpoolMissing" in letter.reason
+    await dlq.close()
+    await stores.close()
+
+
+def delivered_key(record) -> str:
+    return events_pb2.InboundEnvelope.FromString(record.value).spool_key

@@ -1,6 +1,7 @@
 """The whole path on embedded defaults: SMTP in, queue, delivery, storage, gRPC out."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
@@ -12,6 +13,9 @@ import grpc
 import pytest
 
 from mailyard.proto import mailbox_pb2
+from mailyard.store.blobs.fs import FsBlobStore
+from mailyard.store.blobs.keyring import Keyring
+from mailyard.store.blobs.sealed import SealedBlobStore
 from tests.testdata import cpython_messages
 from tests.e2e.harness import Client, Mailyard, send, wire_form
 
@@ -186,15 +190,21 @@ def test_shared_attachment_is_stored_once(delivered):
     assert digests == {hashlib.sha256(ATTACHMENT).hexdigest()}
     # Three deliveries (alice, bob, bob again) of one attachment: one blob holds
     # it, once the spooled raw copies are dropped after the queue commit.
+    # Blobs are sealed at rest, so they are read through the sealing layer.
     line = base64.b64encode(ATTACHMENT)[:76]
     deadline = time.monotonic() + 15
     while True:
-        holders = [p for p in (mailyard.data_dir / "blobs").rglob("*")
-                   if p.is_file() and line in p.read_bytes()]
+        holders = asyncio.run(blobs_holding(mailyard.data_dir, line))
         if len(holders) <= 1 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert len(holders) == 1, holders
+
+
+async def blobs_holding(data_dir: Path, line: bytes) -> list[str]:
+    store = SealedBlobStore(FsBlobStore(data_dir / "blobs"),
+                            Keyring(data_dir / "blob-keys.json").open(create=False))
+    return [key async for key in store.keys() if line in await store.get(key)]
 
 
 def test_malformed_mail_is_stored_flagged_and_retrievable(delivered):

@@ -61,7 +61,7 @@ def test_status_of_a_running_and_a_stopped_installation(tmp_path):
 
             running = status(mailyard)
             states = {s["name"]: s for s in running["services"]}
-            assert set(states) == {*LISTENERS, "delivery", "indexer", "outbound"}
+            assert set(states) == {*LISTENERS, "delivery", "indexer", "outbound", "tiering", "gc"}
             for name, port in zip(LISTENERS, ports):
                 assert states[name]["listen"] == f"127.0.0.1:{port}"
                 assert states[name]["state"] == "up", states[name]

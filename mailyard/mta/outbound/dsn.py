@@ -16,7 +16,9 @@ import time
 
 from mailyard.mta.outbound.outcome import Outcome
 from mailyard.proto import events_pb2
+from mailyard.policy.config import GcConfig
 from mailyard.store.blobs.base import BlobStore
+from mailyard.store.metadata.base import MetadataStore
 from mailyard.store.queue.base import Queue
 from mailyard.store.spool import spool_and_queue
 
@@ -123,7 +125,8 @@ def _human(hostname: str, envelope: events_pb2.OutboundEnvelope, outcomes: dict[
     return text
 
 
-async def send(blobs: BlobStore, queue: Queue, *, hostname: str,
+async def send(blobs: BlobStore, queue: Queue, metadata: MetadataStore, gc: GcConfig, *,
+               hostname: str,
                envelope: events_pb2.OutboundEnvelope, raw: bytes,
                outcomes: dict[str, Outcome], action: str, retry_until_ms: int = 0) -> str:
     """Queues the report for the sending user's INBOX; returns its queue id."""
@@ -131,7 +134,8 @@ async def send(blobs: BlobStore, queue: Queue, *, hostname: str,
     report = build(hostname=hostname, envelope=envelope, raw=raw, outcomes=outcomes,
                    action=action, now_ms=now_ms, retry_until_ms=retry_until_ms)
     queue_id = report_queue_id(envelope, action)
-    await spool_and_queue(blobs, queue, report, events_pb2.InboundEnvelope(
+    await spool_and_queue(blobs, metadata, queue, report, gc=gc,
+                          envelope=events_pb2.InboundEnvelope(
         queue_id=queue_id, mail_from="", rcpt_to=[envelope.user_id.lower()],
         received_at_ms=now_ms, helo=hostname, client_ip="127.0.0.1",
         smtputf8=envelope.smtputf8))

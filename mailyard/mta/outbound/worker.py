@@ -32,6 +32,7 @@ from mailyard.mta.outbound.lanes import Lanes
 from mailyard.mta.outbound.outcome import DEFERRED, DELIVERED, FAILED, Outcome
 from mailyard.mta.outbound.schedule import RetrySchedule, tier_topic
 from mailyard.mta.outbound.window import Window
+from mailyard.policy import metrics
 from mailyard.policy.config import Config
 from mailyard.policy.logs import EventLog
 from mailyard.proto import events_pb2
@@ -39,6 +40,7 @@ from mailyard.store.blobs.base import BlobStore
 from mailyard.store.errors import NotFound, StorageError
 from mailyard.store.metadata.base import (OUTBOUND_DEFERRED, OUTBOUND_HELD, MetadataStore,
                                           OutboundEntry)
+from mailyard.store import trace
 from mailyard.store.outbox import OUTBOUND_TOPIC
 from mailyard.store.queue.base import Queue, Record
 from mailyard.store.queue.consume import OUTAGE_PAUSE, sleep_unless
@@ -164,9 +166,15 @@ class OutboundWorker:
         for result in results:
             outcomes.update(result)
         for rcpt, result in outcomes.items():
+            metrics.outbound_attempts.labels(_LOG_VERBS[result.action]).inc()
             self.log.info(_LOG_VERBS[result.action], queue_id=envelope.queue_id, to=rcpt,
                           relay=result.remote_mta or "none", attempt=envelope.attempt + 1,
                           status=result.status, reply=result.diagnostic)
+        await trace.record(self.metadata, self.log, [trace.step(
+            envelope.queue_id, trace.ATTEMPT, f"{envelope.attempt + 1}:{rcpt}",
+            attempt=envelope.attempt + 1, to=rcpt, result=_LOG_VERBS[result.action],
+            status=result.status, relay=result.remote_mta or "none", reply=result.diagnostic)
+            for rcpt, result in outcomes.items()])
         return outcomes
 
     async def settle(self, envelope: events_pb2.OutboundEnvelope, raw: bytes,
@@ -212,6 +220,10 @@ class OutboundWorker:
                 self.log.info("rescheduled", queue_id=queue_id, attempt=following.attempt,
                               rcpts=len(deferred), next_attempt=_iso(due_ms),
                               tier=tier_topic(tier))
+                await trace.record(self.metadata, self.log, [trace.step(
+                    queue_id, trace.RESCHEDULED, str(following.attempt),
+                    next_attempt=_iso(due_ms), rcpt_to=",".join(following.rcpt_to),
+                    last_error=following.last_error)])
             else:
                 self.log.info("changed_during_attempt", queue_id=queue_id)
         elif await self._retrying(self.metadata.delete_outbound, queue_id, envelope.generation):
@@ -231,10 +243,13 @@ class OutboundWorker:
                              reason="no local sender to tell")
             return
         report_id = await self._retrying(
-            dsn.send, self.blobs, self.queue, hostname=self.config.hostname, envelope=envelope,
+            dsn.send, self.blobs, self.queue, self.metadata, self.config.gc, hostname=self.config.hostname, envelope=envelope,
             raw=raw, outcomes=outcomes, action=action, retry_until_ms=retry_until_ms)
         self.log.info("report_queued", queue_id=envelope.queue_id, action=action,
                       report_queue_id=report_id, rcpts=len(outcomes))
+        await trace.record(self.metadata, self.log, [trace.step(
+            envelope.queue_id, trace.BOUNCED, f"{action}:{envelope.attempt + 1}", action=action,
+            to=envelope.mail_from, report_queue_id=report_id, rcpt_to=",".join(outcomes))])
 
     async def _recover(self, envelope: events_pb2.OutboundEnvelope,
                        entry: OutboundEntry | None) -> None:

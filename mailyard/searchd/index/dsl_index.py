@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from mailyard.policy.config import OpenSearchConfig
+from mailyard.policy.tls import client_context, url_uses_tls, warn_if_unverified
 from mailyard.searchd.index.base import FIELDS, Hit, LabelChange, Page, SearchDocument, SearchIndex
 from mailyard.searchd.index.opensearch_compile import (MAPPINGS, SORT, document_id, index_settings,
                                                        labels_value, source, user_query)
@@ -70,6 +72,13 @@ class QueryDslIndex(SearchIndex):
         searcher's breaker needs a failure within about request_timeout, not
         after several of them."""
         raise NotImplementedError
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """[<server>.tls]'s context for https:// hosts; None for http://."""
+        if not all(map(url_uses_tls, self.config.hosts)):
+            return None
+        warn_if_unverified(self.config.tls, self._where)
+        return client_context(self.config.tls, f"{self.server}.tls")
 
     def _auth(self) -> tuple[str, str] | None:
         return (self.config.username, self.config.password) if self.config.username else None

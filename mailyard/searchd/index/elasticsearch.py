@@ -22,4 +22,4 @@ class ElasticsearchIndex(QueryDslIndex):
     def new_client(self) -> AsyncElasticsearch:
         return AsyncElasticsearch(hosts=self.config.hosts, http_auth=self._auth(),
                                   timeout=self.config.request_timeout, max_retries=1,
-                                  retry_on_timeout=False)
+                                  retry_on_timeout=False, ssl_context=self.tls_context())

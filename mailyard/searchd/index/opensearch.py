@@ -16,4 +16,4 @@ class OpenSearchIndex(QueryDslIndex):
     def new_client(self) -> AsyncOpenSearch:
         return AsyncOpenSearch(hosts=self.config.hosts, http_auth=self._auth(),
                                timeout=self.config.request_timeout, max_retries=1,
-                               retry_on_timeout=False)
+                               retry_on_timeout=False, ssl_context=self.tls_context())

@@ -48,6 +48,18 @@ class BlobStore(abc.ABC):
             yield data[i:i + chunk_size]
 
     @abc.abstractmethod
+    async def put_as(self, key: str, data: bytes, *, replace: bool = False) -> None:
+        """Stores `data` under a key the caller derived: a layer that
+        transforms the bytes (sealing) or moves them between tiers keeps the
+        key of the original bytes. An existing blob is kept unless `replace`."""
+
+    @abc.abstractmethod
+    def keys(self) -> AsyncIterator[str]:
+        """Every blob key, in no particular order, for sweeps that must see
+        every blob (garbage collection, tiering, key rotation). A blob put or
+        deleted during the walk may or may not appear."""
+
+    @abc.abstractmethod
     async def exists(self, key: str) -> bool:
         ...
 

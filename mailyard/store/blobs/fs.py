@@ -57,6 +57,13 @@ class FsBlobStore(BlobStore):
         finally:
             f.close()
 
+    async def put_as(self, key: str, data: bytes, *, replace: bool = False) -> None:
+        await _io(self._write, key, data, replace)
+
+    async def keys(self) -> AsyncIterator[str]:
+        for name in await _io(self._names):
+            yield "sha256/" + name
+
     async def exists(self, key: str) -> bool:
         return await _io(self.path_for(key).is_file)
 
@@ -69,9 +76,13 @@ class FsBlobStore(BlobStore):
     # --- in a worker thread ------------------------------------------------
     def _put(self, data: bytes) -> str:
         key = blob_key(data)  # hashing megabytes belongs off the event loop too
+        self._write(key, data, False)
+        return key
+
+    def _write(self, key: str, data: bytes, replace: bool) -> None:
         path = self.path_for(key)
-        if path.is_file():
-            return key
+        if path.is_file() and not replace:
+            return
         self._make_dirs(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
         try:
@@ -86,7 +97,14 @@ class FsBlobStore(BlobStore):
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)
-        return key
+
+    def _names(self) -> list[str]:
+        """The blob file names (hex digests), temporary files left out."""
+        top = self.root / "sha256"
+        if not top.is_dir():
+            return []
+        return [p.name for p in top.glob("*/*/*")
+                if not p.name.startswith(TMP_PREFIX) and len(p.name) == 64]
 
     def _make_dirs(self, directory: Path) -> None:
         """Creates the fan-out directories, fsyncing each new entry's parent so

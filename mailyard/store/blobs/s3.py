@@ -4,8 +4,9 @@ The object key is the port's key (`sha256/<hex>`), so the bucket holds the
 same names FsBlobStore would. A put first asks HEAD whether the bytes are
 there already and writes only when they are not; concurrent writers of the
 same bytes all write the same object, which is harmless. Each upload carries
-the SHA-256 the key is made of (per part for multipart), so S3 refuses bytes
-that arrived damaged. botocore retries throttling and transient errors with
+the SHA-256 of its bytes (per part for multipart), so S3 refuses bytes that
+arrived damaged; `put_as` stores bytes under a key a layer derived (sealed
+blobs keep their plaintext's key). botocore retries throttling and transient errors with
 backoff; what still fails becomes a StorageError naming bucket, operation and
 key.
 """
@@ -23,8 +24,17 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mailyard.policy.config import S3Config
+from mailyard.policy.tls import warn_if_unverified
 from mailyard.store.blobs.base import BlobStore, key_digest
 from mailyard.store.errors import NotFound, StorageError
+
+def _verify(config: S3Config) -> bool | str:
+    """botocore's `verify` for an https endpoint: [s3.tls]'s CA bundle, the
+    system's (True), or False only when verification is turned off."""
+    if not config.tls.verify:
+        return False
+    return config.tls.ca_file or True
+
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's lower bound for every part but the last
 PART_CONCURRENCY = 4
@@ -50,28 +60,38 @@ class S3BlobStore(BlobStore):
             # Self-hosted S3 servers answer on one host name or an IP, so
             # path-style; AWS itself wants virtual-hosted buckets.
             s3={"addressing_style": "path" if c.endpoint_url else "auto"},
-            max_pool_connections=32)
+            max_pool_connections=32,
+            client_cert=(c.tls.cert_file, c.tls.key_file) if c.tls.cert_file else None)
+        if not c.endpoint_url or c.endpoint_url.startswith("https:"):
+            warn_if_unverified(c.tls, f"s3 {c.endpoint_url or c.region}")
         # Empty credentials leave botocore to its usual chain (AWS_* variables,
         # ~/.aws, an instance role).
         self._client = await self._exit.enter_async_context(get_session().create_client(
             "s3", endpoint_url=c.endpoint_url or None, region_name=c.region,
             aws_access_key_id=c.access_key_id or None,
-            aws_secret_access_key=c.secret_access_key or None, config=client_config))
+            aws_secret_access_key=c.secret_access_key or None, config=client_config,
+            verify=_verify(c)))
         await self._ensure_bucket()
 
     async def put(self, data: bytes) -> str:
         digest = await _sha256(data)
         key = "sha256/" + digest.hex()
-        if await self.exists(key):
-            return key
-        async with self._errors("PutObject", key):
-            if len(data) < self.config.multipart_threshold:
-                await self._client.put_object(
-                    Bucket=self.bucket, Key=key, Body=data,
-                    ChecksumSHA256=base64.b64encode(digest).decode())
-            else:
-                await self._put_multipart(key, data)
+        if not await self.exists(key):
+            await self._upload(key, data, digest)
         return key
+
+    async def put_as(self, key: str, data: bytes, *, replace: bool = False) -> None:
+        key_digest(key)
+        if replace or not await self.exists(key):
+            await self._upload(key, data, await _sha256(data))
+
+    async def keys(self) -> AsyncIterator[str]:
+        async with self._errors("ListObjectsV2", ""):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix="sha256/")
+            async for page in pages:
+                for item in page.get("Contents", []):
+                    yield item["Key"]
 
     async def get(self, key: str) -> bytes:
         key_digest(key)
@@ -112,6 +132,15 @@ class S3BlobStore(BlobStore):
     async def close(self) -> None:
         await self._exit.aclose()
         self._client = None
+
+    async def _upload(self, key: str, data: bytes, digest: bytes) -> None:
+        async with self._errors("PutObject", key):
+            if len(data) < self.config.multipart_threshold:
+                await self._client.put_object(
+                    Bucket=self.bucket, Key=key, Body=data,
+                    ChecksumSHA256=base64.b64encode(digest).decode())
+            else:
+                await self._put_multipart(key, data)
 
     async def _ensure_bucket(self) -> None:
         """Creates the bucket on first use; another process creating it at the

@@ -8,6 +8,7 @@ costs a MetadataStore read.
 """
 from __future__ import annotations
 
+from mailyard.policy import metrics
 from mailyard.proto import mailbox_pb2
 from mailyard.store.cache.base import Cache
 from mailyard.store.metadata.base import MessageRecord, MetadataStore
@@ -51,6 +52,7 @@ class InboxCache:
             if self.log:
                 self.log.warning("cache_read_failed", user=user_id, error=repr(exc))
             return None
+        metrics.cache_requests.labels("inbox", "miss" if value is None else "hit").inc()
         if value is None:
             return None
         return mailbox_pb2.ListMessagesResponse.FromString(value)

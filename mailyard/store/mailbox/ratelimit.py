@@ -24,7 +24,7 @@ COSTS = {
     "GetThread": 10, "ListThreads": 10,
     "CreateDraft": 10, "GetDraft": 5, "UpdateDraft": 15, "ListDrafts": 5, "DeleteDraft": 10,
     "SendDraft": 100, "SendMessage": 100,
-    "WatchMailbox": 100, "ListChanges": 2,
+    "WatchMailbox": 100, "ListChanges": 2, "GetUsage": 1,
 }
 DEFAULT_COST = 5
 

@@ -21,17 +21,22 @@ from grpc_reflection.v1alpha import reflection
 
 from mailyard.policy.config import Config, parse_listen
 from mailyard.policy.logs import EventLog
+from mailyard.policy.tls import listener_mode
 from mailyard.proto import mailbox_pb2, mailbox_pb2_grpc
 from mailyard.store.blobs.base import BlobStore
 from mailyard.store.errors import StorageError
+from mailyard.store.quota import usage_of
 from mailyard.store.mailbox.auth import AuthError, TokenVerifier
 from mailyard.store.mailbox.bounded_details import BoundedDetailsInterceptor
+from mailyard.store.mailbox.call_metrics import CallMetricsInterceptor
 from mailyard.store.mailbox.drafts import DraftsHandler
+from mailyard.store.mailbox import grpc_tls
 from mailyard.store.mailbox.inbox_cache import INBOX, InboxCache, to_summary
 from mailyard.store.mailbox.index_events import INDEX_TOPIC, LABELS_CHANGED, announce
 from mailyard.store.mailbox.labels import LABEL_NAME, LabelsHandler, user_label_problem
 from mailyard.store.mailbox.page_tokens import BadPageToken, PageTokens, load_secret
 from mailyard.store.mailbox.ratelimit import Quota, QuotaExceeded
+from mailyard.store.mailbox.safe_html import SafeHtml, sanitize
 from mailyard.store.mailbox.search import CircuitBreaker, Searcher, SearchHandler
 from mailyard.store.mailbox.threads import ThreadsHandler
 from mailyard.store.mailbox.trash import MAX_IDS, TrashHandler
@@ -41,6 +46,7 @@ from mailyard.store.metadata.base import MessageRecord, MetadataStore
 from mailyard.store.mime import decode_part, summarize
 from mailyard.store.queue.base import Queue
 from mailyard.store.raw import load_raw  # noqa: F401  (also imported from here)
+from mailyard.store.spam_feedback import SpamFeedback
 from mailyard.store.submitter import Submitter
 
 SERVICE_NAME = "mailyard.mailbox.v1.Mailbox"
@@ -63,12 +69,21 @@ def header_list(raw: bytes) -> list[mailbox_pb2.Header]:
     return headers
 
 
+def _readable(raw: bytes, allow_remote_images: bool):
+    """The summary of a message and its HTML body made safe to render."""
+    summary = summarize(raw)
+    html = summary.html_body
+    return summary, sanitize(html, allow_remote_images) if html else SafeHtml("", False)
+
+
 class MailboxService(mailbox_pb2_grpc.MailboxServicer):
     def __init__(self, config: Config, metadata: MetadataStore, blobs: BlobStore,
                  cache, queue: Queue, log: EventLog | None = None,
-                 searcher: Searcher | None = None, submitter: Submitter | None = None):
+                 searcher: Searcher | None = None, submitter: Submitter | None = None,
+                 spam_feedback: SpamFeedback | None = None):
         self.config = config
         self.metadata = metadata
+        self.spam_feedback = spam_feedback
         self.blobs = blobs
         self.queue = queue
         self.log = log or EventLog("mailbox")
@@ -168,9 +183,10 @@ class MailboxService(mailbox_pb2_grpc.MailboxServicer):
             mailbox_pb2.Attachment(id=a.id, filename=a.filename, content_type=a.content_type,
                                    size=a.size, sha256=a.sha256) for a in record.attachments)
         if request.format == mailbox_pb2.FULL:
-            summary = await asyncio.to_thread(summarize, raw)
+            summary, safe = await asyncio.to_thread(_readable, raw, request.allow_remote_images)
             message.text_body = summary.text_body or ""
-            message.html_body = summary.html_body or ""
+            message.html_body = safe.html
+            message.remote_content_blocked = safe.remote_content_blocked
         return message
 
     async def GetAttachment(self, request, context):
@@ -210,6 +226,11 @@ class MailboxService(mailbox_pb2_grpc.MailboxServicer):
             await self.labels.ensure(user, set(request.add_labels) - set(request.remove_labels))
             await self.inbox.refresh(user)
             await announce(self.queue, LABELS_CHANGED, user, [r.message_id for r in records])
+            # Moving mail into or out of SPAM is the spam classifier's teacher.
+            if self.spam_feedback is not None and "SPAM" in {*request.add_labels,
+                                                             *request.remove_labels}:
+                await self.spam_feedback.learn(user, [r.message_id for r in records],
+                                               "SPAM" not in request.remove_labels)
         return mailbox_pb2.ModifyLabelsResponse(messages=[to_summary(r) for r in records])
 
     async def Search(self, request, context):
@@ -231,6 +252,13 @@ class MailboxService(mailbox_pb2_grpc.MailboxServicer):
 
     async def DeleteMessages(self, request, context):
         return await self._unary("DeleteMessages", self.trash.delete, request, context)
+
+    # --- storage usage (store/quota.py) ----------------------------------
+    async def GetUsage(self, request, context):
+        async def usage(user: str, request, context):
+            found = await usage_of(self.metadata, self.config.quota, user)
+            return mailbox_pb2.Usage(used_bytes=found.used, limit_bytes=found.limit)
+        return await self._unary("GetUsage", usage, request, context)
 
     # --- labels (labels.py) ----------------------------------------------
     async def ListLabels(self, request, context):
@@ -301,23 +329,26 @@ class _storage_errors_as_unavailable:
 
 
 async def serve(config: Config, stores, stop: asyncio.Event, ready=None,
-                searcher: Searcher | None = None, submitter: Submitter | None = None) -> None:
+                searcher: Searcher | None = None, submitter: Submitter | None = None,
+                spam_feedback: SpamFeedback | None = None) -> None:
     log = EventLog("mailbox")
     service = MailboxService(config, await stores.metadata(), await stores.blobs(),
                              await stores.cache(), await stores.queue(), log, searcher,
-                             submitter)
-    server = grpc.aio.server(interceptors=[BoundedDetailsInterceptor()])
+                             submitter, spam_feedback)
+    # Outermost first: the latency includes the bounded-details wrapper.
+    server = grpc.aio.server(interceptors=[CallMetricsInterceptor(), BoundedDetailsInterceptor()])
     mailbox_pb2_grpc.add_MailboxServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     host, port = parse_listen(config.mailbox.listen)
-    bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    bound = grpc_tls.add_port(server, f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                              config.mailbox.tls)
     await server.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.info("listening", address=f"{host}:{bound}")
+    log.info("listening", address=f"{host}:{bound}", tls=listener_mode(config.mailbox.tls))
     if ready:
         ready((host, bound))
     await stop.wait()

@@ -99,6 +99,47 @@ class OutboundEntry:
     updated_at_ms: int = 0
 
 
+@dataclass(slots=True)
+class SpamVerdict:
+    """What the spam stage decided for one user's copy of a message, kept so
+    the user's later move into or out of SPAM can train the classifier on the
+    same features without reparsing the message."""
+    user_id: str
+    message_id: str
+    score: float
+    spam: bool
+    tests: list[str] = field(default_factory=list)     # rules that fired, "NAME=points"
+    features: list[int] = field(default_factory=list)  # hashed classifier features
+    trained_as: str = ""           # "spam" or "ham" once feedback trained on it
+
+
+# Where a blob's deletion by the garbage collector stands (BlobDeletion.state).
+DELETION_PENDING, DELETION_DONE = "pending", "done"
+
+
+@dataclass(slots=True)
+class BlobDeletion:
+    """A collector's claim on a blob it is deleting, then the tombstone of
+    the deletion; see mailyard/store/gc/__init__.py for the protocol."""
+    key: str
+    state: str                     # DELETION_PENDING or DELETION_DONE
+    at_ms: int
+
+
+# How long `mailyard trace` can look back (Cassandra: the tables' TTL).
+TRACE_RETENTION_MS = 30 * 86_400_000
+
+
+@dataclass(slots=True)
+class TraceEvent:
+    """One step of a message's life, for `mailyard trace`."""
+    queue_id: str
+    at_ms: int
+    step: str                 # accepted, authenticated, queued, delivered, indexed, attempt, ...
+    key: str = ""             # tells events of one step apart: a recipient, an attempt number
+    detail: dict[str, str] = field(default_factory=dict)
+
+
 # What a change-log entry says happened to a message.
 CHANGE_ADDED, CHANGE_LABELS, CHANGE_DELETED = "added", "labels", "deleted"
 
@@ -329,6 +370,54 @@ class MetadataStore(abc.ABC):
         """Deletes the entry (only at that generation unless -1); False when
         there was none to delete."""
 
+    # --- spam filtering ------------------------------------------------
+    @abc.abstractmethod
+    async def spam_weights(self, scope: str, features: list[int]) -> dict[int, float]:
+        """The classifier weights of `scope` ("global" or a user's scope) for
+        these features; a feature never trained is absent (weight 0)."""
+
+    @abc.abstractmethod
+    async def add_spam_weights(self, scope: str, deltas: dict[int, float]) -> None:
+        """Adds each delta to its feature's weight atomically, so concurrent
+        learners of one scope lose no step (a retried add may apply twice,
+        which an online learner tolerates). Precision: 1e-6."""
+
+    @abc.abstractmethod
+    async def put_spam_verdict(self, verdict: SpamVerdict) -> None:
+        """Creates or replaces the verdict of (user_id, message_id)."""
+
+    @abc.abstractmethod
+    async def get_spam_verdict(self, user_id: str, message_id: str) -> SpamVerdict | None:
+        ...
+
+    @abc.abstractmethod
+    async def set_sender_blocked(self, entry: str, blocked: bool) -> bool:
+        """Adds (or removes) a blocklist entry: an address or a domain, lower-cased.
+        Returns whether that changed anything."""
+
+    @abc.abstractmethod
+    async def blocked_senders(self, candidates: list[str]) -> list[str]:
+        """The candidates that are blocklist entries, in the given order."""
+
+    @abc.abstractmethod
+    async def list_blocked_senders(self, limit: int, after: str = "") -> list[str]:
+        """Entries in sorted order, strictly after `after` (to rebuild a filter)."""
+
+    # --- message trace -------------------------------------------------
+    @abc.abstractmethod
+    async def add_trace(self, events: list[TraceEvent], refs: list[str] = ()) -> None:
+        """Records steps; (queue_id, step, key) is the identity, so a replayed
+        step replaces its first record. `refs` are other ids the events' queue
+        ids are known by (a Message-ID, an API message id), for find_trace."""
+
+    @abc.abstractmethod
+    async def get_trace(self, queue_id: str) -> list[TraceEvent]:
+        """The steps of `queue_id`, oldest first (ties: step, key)."""
+
+    @abc.abstractmethod
+    async def find_trace(self, ref: str) -> list[str]:
+        """The queue ids `ref` was recorded for by add_trace, sorted."""
+
     # --- blob links ----------------------------------------------------
     @abc.abstractmethod
     async def link_blobs(self, owner: str, keys: list[str]) -> None:
@@ -338,6 +427,49 @@ class MetadataStore(abc.ABC):
     @abc.abstractmethod
     async def blob_owners(self, key: str) -> list[str]:
         """Every owner linked to `key`, sorted."""
+
+    @abc.abstractmethod
+    async def unlink_blobs(self, owner: str, keys: list[str]) -> None:
+        """Drops `owner`'s links to these blobs (missing ones are skipped).
+        delete_messages drops a message's links itself, and delete_outbound
+        those of owner `outbound/<queue_id>`."""
+
+    # --- blob deletions (the garbage collector's protocol, store/gc) ---
+    @abc.abstractmethod
+    async def claim_blob_deletion(self, key: str, at_ms: int) -> bool:
+        """Records that a collector is about to delete `key` (state
+        DELETION_PENDING at `at_ms`) unless any record of `key` exists;
+        True when this call created it. Atomic across processes."""
+
+    @abc.abstractmethod
+    async def end_blob_deletion(self, key: str, deleted: bool, at_ms: int) -> None:
+        """Ends a claim: `deleted` turns it into a DELETION_DONE tombstone at
+        `at_ms` (writers that linked meanwhile restore the blob); otherwise
+        the record goes."""
+
+    @abc.abstractmethod
+    async def blob_deletions(self, keys: list[str]) -> dict[str, BlobDeletion]:
+        """The deletion records of these keys, those that have one."""
+
+    @abc.abstractmethod
+    async def list_blob_deletions(self, limit: int, after: str = "") -> list[BlobDeletion]:
+        """Every deletion record in key order, strictly after `after`."""
+
+    @abc.abstractmethod
+    async def forget_blob_deletion(self, key: str) -> None:
+        """Drops a DELETION_DONE tombstone (a pending claim stays)."""
+
+    # --- storage usage (quotas) ----------------------------------------
+    @abc.abstractmethod
+    async def charge_blobs(self, user_id: str, sizes: dict[str, int]) -> None:
+        """Counts these blobs (key -> bytes) in the user's usage, each once
+        however many of the user's messages link it (idempotent). Call after
+        linking them to a message `user_id/...`; delete_messages uncharges a
+        blob once no message of the user links it any more."""
+
+    @abc.abstractmethod
+    async def storage_usage(self, user_id: str) -> int:
+        """Bytes charged to the user: the sum over the distinct blobs charged."""
 
     @abc.abstractmethod
     async def close(self) -> None:

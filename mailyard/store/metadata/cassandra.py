@@ -27,6 +27,7 @@ import random
 import re
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -36,18 +37,23 @@ from cassandra import (ConsistencyLevel, CoordinationFailure, OperationTimedOut,
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
 from cassandra.connection import ConnectionException
-from cassandra.policies import DCAwareRoundRobinPolicy, FallthroughRetryPolicy, TokenAwarePolicy
+from cassandra.policies import (DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy,
+                                FallthroughRetryPolicy, TokenAwarePolicy)
 from cassandra.protocol import OverloadedErrorMessage
 from cassandra.query import BatchStatement, BatchType, dict_factory
 
 from mailyard.policy.config import CassandraConfig
+from mailyard.policy.tls import client_context, warn_if_unverified
 from mailyard.store.errors import AlreadyExists, NotFound, StorageError, VersionConflict
-from mailyard.store.metadata.base import (CHANGE_DELETED, Change, Cursor, Draft, MessageRecord,
-                                          MetadataStore, OutboundEntry, User, thread_subject)
+from mailyard.store.metadata.base import (CHANGE_DELETED, DELETION_DONE, DELETION_PENDING,
+                                          BlobDeletion, Change, Cursor, Draft, MessageRecord,
+                                          MetadataStore, OutboundEntry, SpamVerdict,
+                                          TraceEvent, User, thread_subject)
 from mailyard.store.metadata.cassandra_changes import (APPLY_CQL, RECORD_COLUMNS, Entry, Planner,
                                                        apply_writes, bucket_of, record_from_row)
-from mailyard.store.metadata.cassandra_schema import (ALL_MAIL, LOG_BUCKET_SIZE, SHARD_ROWS,
-                                                      TABLES, keyspace_cql, table_cql)
+from mailyard.store.metadata.cassandra_schema import (ALL_MAIL, BLOCKLIST_BUCKETS, LOG_BUCKET_SIZE,
+                                                      SHARD_ROWS, SPAM_WEIGHT_UNIT, TABLES,
+                                                      keyspace_cql, table_cql)
 
 RETRYABLE = (OperationTimedOut, Timeout, Unavailable, NoHostAvailable, OverloadedErrorMessage,
              CoordinationFailure, ConnectionException)
@@ -56,6 +62,7 @@ CLAIM_ATTEMPTS = 50          # per change, when other processes keep claiming th
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.02, 2.0
 MAX_CLAIM = 64               # entries per conditional batch (one partition, so one mutation)
 IN_FLIGHT = 128              # statements this store has outstanding at once
+SPAM_IN_SIZE = 100           # features per IN read or counter batch
 PAGE_SIZE = 1000             # rows per page of the few reads that page (scans, whole labels)
 NO_LIMIT = 2**31 - 1         # CQL's LIMIT is a 32-bit int
 
@@ -128,6 +135,12 @@ CQL = {
     "mark_applied": ("UPDATE changes USING TIMESTAMP ? SET applied_through = ?"
                      " WHERE user_id = ? AND bucket = ?"),
     "drop_effects": "DELETE effects FROM changes WHERE user_id = ? AND bucket = ? AND seq = ?",
+    # message trace
+    "add_trace": ("INSERT INTO trace_events (queue_id, step, event_key, at_ms, detail)"
+                  " VALUES (?, ?, ?, ?, ?)"),
+    "add_trace_ref": "INSERT INTO trace_refs (ref, queue_id) VALUES (?, ?)",
+    "trace": "SELECT queue_id, step, event_key, at_ms, detail FROM trace_events WHERE queue_id = ?",
+    "trace_ref": "SELECT queue_id FROM trace_refs WHERE ref = ?",
     # outbound queue
     "put_outbound": (f"INSERT INTO outbound ({_OUTBOUND_COLUMNS}, op_id)"
                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
@@ -145,6 +158,33 @@ CQL = {
     "owner_keys": "SELECT blob_key FROM blob_links_by_owner WHERE owner = ?",
     "unlink": "DELETE FROM blob_links USING TIMESTAMP ? WHERE blob_key = ? AND owner = ?",
     "unlink_owner": "DELETE FROM blob_links_by_owner USING TIMESTAMP ? WHERE owner = ?",
+    "drop_link": "DELETE FROM blob_links WHERE blob_key = ? AND owner = ?",
+    "drop_owner_link": "DELETE FROM blob_links_by_owner WHERE owner = ? AND blob_key = ?",
+    "owners_between": ("SELECT owner FROM blob_links WHERE blob_key = ? AND owner >= ?"
+                       " AND owner < ? LIMIT 1"),
+    # blob deletions: every write conditional, so claims are atomic
+    "claim_deletion": ("INSERT INTO blob_deletions (blob_key, state, at_ms) VALUES (?, ?, ?)"
+                       " IF NOT EXISTS"),
+    "deletion_done": ("UPDATE blob_deletions SET state = ?, at_ms = ? WHERE blob_key = ?"
+                      " IF EXISTS"),
+    "drop_deletion": "DELETE FROM blob_deletions WHERE blob_key = ? IF state = ?",
+    "deletions_in": "SELECT blob_key, state, at_ms FROM blob_deletions WHERE blob_key IN ?",
+    "deletions_all": "SELECT blob_key, state, at_ms FROM blob_deletions",
+    # storage usage
+    "charge": "INSERT INTO user_blobs (user_id, blob_key, size) VALUES (?, ?, ?)",
+    "uncharge": "DELETE FROM user_blobs WHERE user_id = ? AND blob_key = ?",
+    "usage": "SELECT sum(size) AS total FROM user_blobs WHERE user_id = ?",
+    # spam filtering
+    "spam_weights": "SELECT feature, weight FROM spam_weights WHERE scope = ? AND feature IN ?",
+    "add_spam_weight": ("UPDATE spam_weights SET weight = weight + ?"
+                        " WHERE scope = ? AND feature = ?"),
+    "put_spam_verdict": "INSERT INTO spam_verdicts (user_id, message_id, verdict) VALUES (?, ?, ?)",
+    "spam_verdict": "SELECT verdict FROM spam_verdicts WHERE user_id = ? AND message_id = ?",
+    "block_sender": "INSERT INTO blocked_senders (bucket, entry) VALUES (?, ?) IF NOT EXISTS",
+    "unblock_sender": "DELETE FROM blocked_senders WHERE bucket = ? AND entry = ? IF EXISTS",
+    "blocked_in": "SELECT entry FROM blocked_senders WHERE bucket = ? AND entry IN ?",
+    "blocked_after": ("SELECT entry FROM blocked_senders WHERE bucket = ? AND entry > ?"
+                      " LIMIT ?"),
 }
 assert not set(CQL) & set(APPLY_CQL), "statement names must be unique"
 CQL.update(APPLY_CQL)
@@ -158,6 +198,9 @@ def _keyspace(name: str) -> str:
     if not _KEYSPACE.match(name):
         raise StorageError(f"cassandra keyspace {name!r} is not a valid CQL name")
     return name
+
+
+RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.5, 5.0  # between attempts to reach a node that went away
 
 
 def _cluster(config: CassandraConfig) -> Cluster:
@@ -174,11 +217,21 @@ def _cluster(config: CassandraConfig) -> Cluster:
             if config.username else None)
     # Protocol v5 (Cassandra 4.0 and later) without the driver's noisy
     # negotiation down from its newest beta version.
+    tls = None
+    if config.tls.enabled:  # client_encryption_options on the nodes
+        warn_if_unverified(config.tls, f"cassandra {','.join(config.contact_points)}")
+        tls = client_context(config.tls, "cassandra.tls")
     return Cluster(list(config.contact_points), port=config.port, auth_provider=auth,
+                   ssl_context=tls,
                    protocol_version=ProtocolVersion.V5,
                    execution_profiles={EXEC_PROFILE_DEFAULT: profile},
                    connect_timeout=config.request_timeout,
-                   control_connection_timeout=config.request_timeout)
+                   control_connection_timeout=config.request_timeout,
+                   # The driver's default waits up to 10 minutes between
+                   # attempts to reach a node that was down: after a restart of
+                   # a few minutes every call failed for minutes more.
+                   reconnection_policy=ExponentialReconnectionPolicy(RECONNECT_FIRST_S,
+                                                                     RECONNECT_MAX_S))
 
 
 async def apply_schema(config: CassandraConfig) -> list[str]:
@@ -514,6 +567,23 @@ class CassandraMetadataStore(MetadataStore):
         _, _, applied = await self._log_tail(user_id.lower())
         return applied
 
+    # --- message trace -------------------------------------------------
+    async def add_trace(self, events: list[TraceEvent], refs: list[str] = ()) -> None:
+        queue_ids = dict.fromkeys(e.queue_id for e in events)
+        await asyncio.gather(
+            *(self._run("add_trace", (e.queue_id, e.step, e.key, e.at_ms, json.dumps(e.detail)))
+              for e in events),
+            *(self._run("add_trace_ref", (ref, q)) for ref in refs if ref for q in queue_ids))
+
+    async def get_trace(self, queue_id: str) -> list[TraceEvent]:
+        rows = await self._run("trace", (queue_id,))
+        return sorted((TraceEvent(row["queue_id"], row["at_ms"], row["step"], row["event_key"],
+                                  json.loads(row["detail"] or "{}")) for row in rows),
+                      key=lambda e: (e.at_ms, e.step, e.key))
+
+    async def find_trace(self, ref: str) -> list[str]:
+        return sorted(row["queue_id"] for row in await self._run("trace_ref", (ref,)))
+
     # --- outbound queue ------------------------------------------------
     async def put_outbound(self, entry: OutboundEntry, expected_generation: int = -1) -> bool:
         values = (entry.generation, entry.state, entry.envelope, entry.next_attempt_ms,
@@ -545,9 +615,13 @@ class CassandraMetadataStore(MetadataStore):
 
     async def delete_outbound(self, queue_id: str, expected_generation: int = -1) -> bool:
         if expected_generation == -1:
-            return (await self._run("delete_outbound", (queue_id,)))[0]["[applied]"]
-        row = (await self._run("delete_outbound_at", (queue_id, expected_generation)))[0]
-        return row["[applied]"]
+            deleted = (await self._run("delete_outbound", (queue_id,)))[0]["[applied]"]
+        else:
+            row = (await self._run("delete_outbound_at", (queue_id, expected_generation)))[0]
+            deleted = row["[applied]"]
+        if deleted:  # its spool blob is left to the garbage collector
+            await self._unlink(f"outbound/{queue_id}", int(time.time() * 1000))
+        return deleted
 
     # --- blob links ----------------------------------------------------
     async def link_blobs(self, owner: str, keys: list[str]) -> None:
@@ -560,6 +634,99 @@ class CassandraMetadataStore(MetadataStore):
 
     async def blob_owners(self, key: str) -> list[str]:
         return sorted(row["owner"] for row in await self._run("owners", (key,)))
+
+    async def unlink_blobs(self, owner: str, keys: list[str]) -> None:
+        keys = list(dict.fromkeys(keys))
+        await asyncio.gather(*(self._run("drop_link", (key, owner)) for key in keys),
+                             *(self._run("drop_owner_link", (owner, key)) for key in keys))
+
+    # --- blob deletions ------------------------------------------------
+    async def claim_blob_deletion(self, key: str, at_ms: int) -> bool:
+        rows = await self._run("claim_deletion", (key, DELETION_PENDING, at_ms))
+        return rows[0]["[applied]"]
+
+    async def end_blob_deletion(self, key: str, deleted: bool, at_ms: int) -> None:
+        if deleted:
+            await self._run("deletion_done", (DELETION_DONE, at_ms, key))
+        else:
+            await self._run("drop_deletion", (key, DELETION_PENDING))
+
+    async def blob_deletions(self, keys: list[str]) -> dict[str, BlobDeletion]:
+        keys = list(dict.fromkeys(keys))
+        chunks = [keys[i:i + SPAM_IN_SIZE] for i in range(0, len(keys), SPAM_IN_SIZE)]
+        results = await asyncio.gather(*(self._run("deletions_in", (chunk,)) for chunk in chunks))
+        return {row["blob_key"]: BlobDeletion(row["blob_key"], row["state"], row["at_ms"])
+                for rows in results for row in rows}
+
+    async def list_blob_deletions(self, limit: int, after: str = "") -> list[BlobDeletion]:
+        """A scan of the whole table, which holds only claims in progress and
+        recent tombstones; for the collector, never on a hot path."""
+        found = sorted((BlobDeletion(row["blob_key"], row["state"], row["at_ms"])
+                        for row in await self._run("deletions_all", ())
+                        if row["blob_key"] > after), key=lambda d: d.key)
+        return found[:limit]
+
+    async def forget_blob_deletion(self, key: str) -> None:
+        await self._run("drop_deletion", (key, DELETION_DONE))
+
+    # --- storage usage -------------------------------------------------
+    async def charge_blobs(self, user_id: str, sizes: dict[str, int]) -> None:
+        user_id = user_id.lower()
+        await asyncio.gather(*(self._run("charge", (user_id, key, size))
+                               for key, size in sizes.items()))
+
+    async def storage_usage(self, user_id: str) -> int:
+        rows = await self._run("usage", (user_id.lower(),))
+        return (rows[0]["total"] or 0) if rows else 0
+
+    # --- spam filtering ------------------------------------------------
+    async def spam_weights(self, scope: str, features: list[int]) -> dict[int, float]:
+        features = list(dict.fromkeys(features))
+        chunks = [features[i:i + SPAM_IN_SIZE] for i in range(0, len(features), SPAM_IN_SIZE)]
+        results = await asyncio.gather(*(self._run("spam_weights", (scope, chunk))
+                                         for chunk in chunks))
+        return {row["feature"]: row["weight"] / SPAM_WEIGHT_UNIT
+                for rows in results for row in rows}
+
+    async def add_spam_weights(self, scope: str, deltas: dict[int, float]) -> None:
+        steps = [(round(delta * SPAM_WEIGHT_UNIT), feature) for feature, delta in deltas.items()]
+        steps = [(units, feature) for units, feature in steps if units]
+        batches = []
+        for start in range(0, len(steps), SPAM_IN_SIZE):
+            batch = BatchStatement(batch_type=BatchType.COUNTER)  # one partition: the scope
+            for units, feature in steps[start:start + SPAM_IN_SIZE]:
+                batch.add(self._statement("add_spam_weight"), (units, scope, feature))
+            batches.append(batch)
+        await asyncio.gather(*(self._execute(b, "add_spam_weights") for b in batches))
+
+    async def put_spam_verdict(self, verdict: SpamVerdict) -> None:
+        verdict = dataclasses.replace(verdict, user_id=verdict.user_id.lower())
+        await self._run("put_spam_verdict", (verdict.user_id, verdict.message_id,
+                                             json.dumps(dataclasses.asdict(verdict))))
+
+    async def get_spam_verdict(self, user_id: str, message_id: str) -> SpamVerdict | None:
+        rows = await self._run("spam_verdict", (user_id.lower(), message_id))
+        return SpamVerdict(**json.loads(rows[0]["verdict"])) if rows else None
+
+    async def set_sender_blocked(self, entry: str, blocked: bool) -> bool:
+        entry = entry.lower()
+        name = "block_sender" if blocked else "unblock_sender"
+        return (await self._run(name, (_blocklist_bucket(entry), entry)))[0]["[applied]"]
+
+    async def blocked_senders(self, candidates: list[str]) -> list[str]:
+        wanted = list(dict.fromkeys(c.lower() for c in candidates))
+        by_bucket: dict[int, list[str]] = {}
+        for entry in wanted:
+            by_bucket.setdefault(_blocklist_bucket(entry), []).append(entry)
+        results = await asyncio.gather(*(self._run("blocked_in", (bucket, entries))
+                                         for bucket, entries in by_bucket.items()))
+        found = {row["entry"] for rows in results for row in rows}
+        return [c.lower() for c in candidates if c.lower() in found]
+
+    async def list_blocked_senders(self, limit: int, after: str = "") -> list[str]:
+        results = await asyncio.gather(*(self._run("blocked_after", (bucket, after, limit))
+                                         for bucket in range(BLOCKLIST_BUCKETS)))
+        return list(heapq.merge(*([row["entry"] for row in rows] for rows in results)))[:limit]
 
     # --- listing -------------------------------------------------------
     async def _listing(self, user_id: str, label: str, limit: int,
@@ -686,7 +853,7 @@ class CassandraMetadataStore(MetadataStore):
         out at once and in any order."""
         writes = [w for seq, entry in entries for w in apply_writes(user_id, seq, entry)]
         await asyncio.gather(*(self._run(name, values) for name, values in writes),
-                             *(self._unlink(f"{user_id}/{entry.message_id}", entry.at_ms)
+                             *(self._unlink(f"{user_id}/{entry.message_id}", entry.at_ms, user_id)
                                for _, entry in entries if entry.kind == CHANGE_DELETED))
         last = entries[-1][0]
         await self._execute(self._batch(
@@ -695,13 +862,22 @@ class CassandraMetadataStore(MetadataStore):
             f"recording changes up to {last} of {user_id} as applied")
         self.changes.notify(user_id)
 
-    async def _unlink(self, owner: str, at_ms: int) -> None:
+    async def _unlink(self, owner: str, at_ms: int, user_id: str = "") -> None:
         """Drops a deleted message's blob links, timestamped with the deletion's
-        claim, so a link written afterwards (the message delivered again) stays."""
+        claim, so a link written afterwards (the message delivered again) stays;
+        with `user_id`, uncharges what no other message of the user links."""
         at_us = at_ms * 1000
         keys = [row["blob_key"] for row in await self._run("owner_keys", (owner,))]
         await asyncio.gather(self._run("unlink_owner", (at_us, owner)),
                              *(self._run("unlink", (at_us, key, owner)) for key in keys))
+        if user_id:
+            await asyncio.gather(*(self._uncharge(user_id, key) for key in keys))
+
+    async def _uncharge(self, user_id: str, key: str) -> None:
+        """Uncharges a blob once no message of the user links it (owners
+        `user/...` sort between `user/` and `user0`)."""
+        if not await self._run("owners_between", (key, f"{user_id}/", f"{user_id}0")):
+            await self._run("uncharge", (user_id, key))
 
     async def _settle(self, user_id: str) -> int:
         """Applies the user's last claim if its writer did not (it died, or is
@@ -827,6 +1003,10 @@ class CassandraMetadataStore(MetadataStore):
 
         response.add_callbacks(page, failed)
         return future
+
+
+def _blocklist_bucket(entry: str) -> int:
+    return zlib.crc32(entry.encode()) % BLOCKLIST_BUCKETS
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn, *args) -> None:

@@ -30,6 +30,14 @@ unread count as absolute values computed under that order, so counting is one
 read. The log's partitions hold LOG_BUCKET_SIZE seqs each; `change_heads`
 remembers the newest.
 
+Spam filtering. `spam_weights ((scope), feature)` holds the classifier's
+weights as counters in millionths, so learners in many processes add their
+steps atomically; a scope is "global" or one user's. `spam_verdicts` keeps
+each delivered copy's verdict and features for later training.
+`blocked_senders ((bucket), entry)` spreads the sender blocklist over
+BLOCKLIST_BUCKETS partitions, each sorted, so a filter rebuild pages through
+them without a table scan.
+
 Drafts, user labels and outbound-queue entries are single-partition rows
 guarded by lightweight transactions (a draft's version, a label's uniqueness,
 an outbound entry's generation); `op_id` lets a retried conditional write
@@ -41,6 +49,8 @@ from __future__ import annotations
 TIME_BUCKET_MS = 30 * 86_400_000   # one listing partition per label and month
 SHARD_ROWS = 100_000               # arrivals per bucket before a new shard opens
 LOG_BUCKET_SIZE = 50_000           # change-log entries per partition
+BLOCKLIST_BUCKETS = 16             # partitions of the sender blocklist
+SPAM_WEIGHT_UNIT = 1_000_000       # counters hold weights in millionths
 ALL_MAIL = "\x00all"               # the listing of every message; labels have no control characters
 
 TABLES: dict[str, str] = {
@@ -116,6 +126,17 @@ TABLES: dict[str, str] = {
         CREATE TABLE IF NOT EXISTS {ks}.outbound (
             queue_id text PRIMARY KEY, generation bigint, state text, envelope blob,
             next_attempt_ms bigint, last_error text, updated_at_ms bigint, op_id uuid)""",
+    # `mailyard trace`: each message's steps, kept 30 days (TRACE_RETENTION_MS).
+    "trace_events": """
+        CREATE TABLE IF NOT EXISTS {ks}.trace_events (
+            queue_id text, step text, event_key text, at_ms bigint, detail text,
+            PRIMARY KEY ((queue_id), step, event_key))
+        WITH default_time_to_live = 2592000""",
+    "trace_refs": """
+        CREATE TABLE IF NOT EXISTS {ks}.trace_refs (
+            ref text, queue_id text,
+            PRIMARY KEY ((ref), queue_id))
+        WITH default_time_to_live = 2592000""",
     "blob_links": """
         CREATE TABLE IF NOT EXISTS {ks}.blob_links (
             blob_key text, owner text,
@@ -124,6 +145,27 @@ TABLES: dict[str, str] = {
         CREATE TABLE IF NOT EXISTS {ks}.blob_links_by_owner (
             owner text, blob_key text,
             PRIMARY KEY ((owner), blob_key))""",
+    # The garbage collector's claims and tombstones (store/gc): a small table.
+    "blob_deletions": """
+        CREATE TABLE IF NOT EXISTS {ks}.blob_deletions (
+            blob_key text PRIMARY KEY, state text, at_ms bigint)""",
+    # The distinct blobs charged to each user's quota, with their sizes.
+    "user_blobs": """
+        CREATE TABLE IF NOT EXISTS {ks}.user_blobs (
+            user_id text, blob_key text, size bigint,
+            PRIMARY KEY ((user_id), blob_key))""",
+    "spam_weights": """
+        CREATE TABLE IF NOT EXISTS {ks}.spam_weights (
+            scope text, feature int, weight counter,
+            PRIMARY KEY ((scope), feature))""",
+    "spam_verdicts": """
+        CREATE TABLE IF NOT EXISTS {ks}.spam_verdicts (
+            user_id text, message_id text, verdict text,
+            PRIMARY KEY ((user_id, message_id)))""",
+    "blocked_senders": """
+        CREATE TABLE IF NOT EXISTS {ks}.blocked_senders (
+            bucket int, entry text,
+            PRIMARY KEY ((bucket), entry))""",
 }
 
 

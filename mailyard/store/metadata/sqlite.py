@@ -30,8 +30,10 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from mailyard.store.errors import AlreadyExists, NotFound, StorageError, VersionConflict
 from mailyard.store.metadata.base import (CHANGE_ADDED, CHANGE_DELETED, CHANGE_LABELS,
-                                          AttachmentRef, Change, Cursor, Draft, MessageRecord,
-                                          MetadataStore, OutboundEntry, User,
+                                          DELETION_DONE, DELETION_PENDING, AttachmentRef,
+                                          BlobDeletion, Change, Cursor, Draft, MessageRecord,
+                                          MetadataStore, OutboundEntry, SpamVerdict,
+                                          TRACE_RETENTION_MS, TraceEvent, User,
                                           thread_subject)
 
 T = TypeVar("T")
@@ -135,12 +137,58 @@ SCHEMA = (
         last_error TEXT NOT NULL,
         updated_at_ms INTEGER NOT NULL
     ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS trace_events (
+        queue_id TEXT NOT NULL,
+        step TEXT NOT NULL,
+        event_key TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        detail_json TEXT NOT NULL,
+        PRIMARY KEY (queue_id, step, event_key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS trace_events_by_time ON trace_events (at_ms)",
+    """CREATE TABLE IF NOT EXISTS trace_refs (
+        ref TEXT NOT NULL,
+        queue_id TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (ref, queue_id)
+    ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS blob_links (
         blob_key TEXT NOT NULL,
         owner TEXT NOT NULL,
         PRIMARY KEY (blob_key, owner)
     ) WITHOUT ROWID""",
+    # A message's links are dropped by owner (delete_messages, delete_outbound).
+    """CREATE INDEX IF NOT EXISTS blob_links_by_owner ON blob_links (owner)""",
+    # The garbage collector's claims and tombstones (store/gc).
+    """CREATE TABLE IF NOT EXISTS blob_deletions (
+        blob_key TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    # The distinct blobs charged to each user's quota, with their sizes.
+    """CREATE TABLE IF NOT EXISTS user_blobs (
+        user_id TEXT NOT NULL,
+        blob_key TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (user_id, blob_key)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS spam_weights (
+        scope TEXT NOT NULL,
+        feature INTEGER NOT NULL,
+        weight REAL NOT NULL,
+        PRIMARY KEY (scope, feature)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS spam_verdicts (
+        user_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        verdict_json TEXT NOT NULL,
+        PRIMARY KEY (user_id, message_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS blocked_senders (
+        entry TEXT PRIMARY KEY
+    ) WITHOUT ROWID""",
 )
+_SQL_PARAMS = 500  # features per IN (...) query, well under SQLite's parameter limit
 
 _COLUMNS = ("user_id", "message_id", "thread_id", "received_at_ms", "skeleton_key", "size",
             "rfc822_message_id", "references_json", "sender", "to_json", "cc_json", "subject",
@@ -352,6 +400,22 @@ class SqliteMetadataStore(MetadataStore):
                                 (user_id.lower(),))
         return rows[0][0] or 0
 
+    # --- message trace -------------------------------------------------
+    async def add_trace(self, events: list[TraceEvent], refs: list[str] = ()) -> None:
+        await self._write_call(self._add_trace, list(events), list(refs))
+
+    async def get_trace(self, queue_id: str) -> list[TraceEvent]:
+        rows = await self._call(self._read, "SELECT queue_id, at_ms, step, event_key, detail_json"
+                                " FROM trace_events WHERE queue_id = ?", (queue_id,))
+        return sorted((TraceEvent(q, at, step, key, json.loads(detail))
+                       for q, at, step, key, detail in rows),
+                      key=lambda e: (e.at_ms, e.step, e.key))
+
+    async def find_trace(self, ref: str) -> list[str]:
+        rows = await self._call(self._read, "SELECT queue_id FROM trace_refs WHERE ref = ?"
+                                " ORDER BY queue_id", (ref,))
+        return [row[0] for row in rows]
+
     # --- outbound queue ------------------------------------------------
     async def put_outbound(self, entry: OutboundEntry, expected_generation: int = -1) -> bool:
         return await self._write_call(self._put_outbound, entry, expected_generation)
@@ -378,6 +442,108 @@ class SqliteMetadataStore(MetadataStore):
     async def blob_owners(self, key: str) -> list[str]:
         rows = await self._call(self._read, "SELECT owner FROM blob_links WHERE blob_key = ?"
                                 " ORDER BY owner", (key,))
+        return [row[0] for row in rows]
+
+    async def unlink_blobs(self, owner: str, keys: list[str]) -> None:
+        await self._write_call(self._write_many, "DELETE FROM blob_links"
+                               " WHERE blob_key = ? AND owner = ?", [(k, owner) for k in keys])
+
+    # --- blob deletions ------------------------------------------------
+    async def claim_blob_deletion(self, key: str, at_ms: int) -> bool:
+        return await self._write_call(
+            self._write_counted, "INSERT INTO blob_deletions (blob_key, state, at_ms)"
+            " VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (key, DELETION_PENDING, at_ms)) == 1
+
+    async def end_blob_deletion(self, key: str, deleted: bool, at_ms: int) -> None:
+        if deleted:
+            await self._write_call(self._write, "UPDATE blob_deletions SET state = ?, at_ms = ?"
+                                   " WHERE blob_key = ?", (DELETION_DONE, at_ms, key))
+        else:
+            await self._write_call(self._write, "DELETE FROM blob_deletions WHERE blob_key = ?"
+                                   " AND state = ?", (key, DELETION_PENDING))
+
+    async def blob_deletions(self, keys: list[str]) -> dict[str, BlobDeletion]:
+        found: dict[str, BlobDeletion] = {}
+        keys = list(dict.fromkeys(keys))
+        for start in range(0, len(keys), _SQL_PARAMS):
+            chunk = keys[start:start + _SQL_PARAMS]
+            rows = await self._call(self._read, "SELECT blob_key, state, at_ms FROM blob_deletions"
+                                    f" WHERE blob_key IN ({', '.join('?' * len(chunk))})",
+                                    tuple(chunk))
+            found.update((row[0], BlobDeletion(*row)) for row in rows)
+        return found
+
+    async def list_blob_deletions(self, limit: int, after: str = "") -> list[BlobDeletion]:
+        rows = await self._call(self._read, "SELECT blob_key, state, at_ms FROM blob_deletions"
+                                " WHERE blob_key > ? ORDER BY blob_key LIMIT ?", (after, limit))
+        return [BlobDeletion(*row) for row in rows]
+
+    async def forget_blob_deletion(self, key: str) -> None:
+        await self._write_call(self._write, "DELETE FROM blob_deletions WHERE blob_key = ?"
+                               " AND state = ?", (key, DELETION_DONE))
+
+    # --- storage usage -------------------------------------------------
+    async def charge_blobs(self, user_id: str, sizes: dict[str, int]) -> None:
+        user_id = user_id.lower()
+        await self._write_call(self._write_many, "INSERT INTO user_blobs (user_id, blob_key, size)"
+                               " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                               [(user_id, k, size) for k, size in sizes.items()])
+
+    async def storage_usage(self, user_id: str) -> int:
+        rows = await self._call(self._read, "SELECT coalesce(sum(size), 0) FROM user_blobs"
+                                " WHERE user_id = ?", (user_id.lower(),))
+        return rows[0][0]
+
+    # --- spam filtering ------------------------------------------------
+    async def spam_weights(self, scope: str, features: list[int]) -> dict[int, float]:
+        features = list(dict.fromkeys(features))
+        found: dict[int, float] = {}
+        for start in range(0, len(features), _SQL_PARAMS):
+            chunk = features[start:start + _SQL_PARAMS]
+            rows = await self._call(
+                self._read, "SELECT feature, weight FROM spam_weights WHERE scope = ?"
+                f" AND feature IN ({', '.join('?' * len(chunk))})", (scope, *chunk))
+            found.update(rows)
+        return found
+
+    async def add_spam_weights(self, scope: str, deltas: dict[int, float]) -> None:
+        if deltas:
+            await self._write_call(
+                self._write_many, "INSERT INTO spam_weights (scope, feature, weight)"
+                " VALUES (?, ?, ?) ON CONFLICT (scope, feature) DO UPDATE SET"
+                " weight = weight + excluded.weight",
+                [(scope, feature, delta) for feature, delta in deltas.items()])
+
+    async def put_spam_verdict(self, verdict: SpamVerdict) -> None:
+        await self._write_call(
+            self._write, "INSERT INTO spam_verdicts (user_id, message_id, verdict_json)"
+            " VALUES (?, ?, ?) ON CONFLICT (user_id, message_id) DO UPDATE SET"
+            " verdict_json = excluded.verdict_json",
+            (verdict.user_id.lower(), verdict.message_id, json.dumps(asdict(verdict))))
+
+    async def get_spam_verdict(self, user_id: str, message_id: str) -> SpamVerdict | None:
+        rows = await self._call(self._read, "SELECT verdict_json FROM spam_verdicts"
+                                " WHERE user_id = ? AND message_id = ?",
+                                (user_id.lower(), message_id))
+        return SpamVerdict(**json.loads(rows[0][0])) if rows else None
+
+    async def set_sender_blocked(self, entry: str, blocked: bool) -> bool:
+        sql = ("INSERT INTO blocked_senders (entry) VALUES (?) ON CONFLICT DO NOTHING"
+               if blocked else "DELETE FROM blocked_senders WHERE entry = ?")
+        return await self._write_call(self._write_counted, sql, (entry.lower(),)) > 0
+
+    async def blocked_senders(self, candidates: list[str]) -> list[str]:
+        wanted = [c.lower() for c in candidates][:_SQL_PARAMS]
+        if not wanted:
+            return []
+        rows = await self._call(self._read, "SELECT entry FROM blocked_senders WHERE entry IN"
+                                f" ({', '.join('?' * len(wanted))})", tuple(wanted))
+        found = {row[0] for row in rows}
+        return [c for c in wanted if c in found]
+
+    async def list_blocked_senders(self, limit: int, after: str = "") -> list[str]:
+        rows = await self._call(self._read, "SELECT entry FROM blocked_senders WHERE entry > ?"
+                                " ORDER BY entry LIMIT ?", (after, limit))
         return [row[0] for row in rows]
 
     # --- plumbing ------------------------------------------------------
@@ -474,6 +640,9 @@ class SqliteMetadataStore(MetadataStore):
     def _write(self, sql: str, params: tuple) -> None:
         self._conn().execute(sql, params)
 
+    def _write_counted(self, sql: str, params: tuple) -> int:
+        return self._conn().execute(sql, params).rowcount
+
     def _write_many(self, sql: str, rows: list[tuple]) -> None:
         with _transaction(self._conn()) as db:
             db.executemany(sql, rows)
@@ -539,7 +708,7 @@ class SqliteMetadataStore(MetadataStore):
                            (user_id, message_id))
                 db.executemany(_REMOVE_LABEL, [(user_id, label, record.received_at_ms, message_id)
                                                for label in record.labels])
-                db.execute("DELETE FROM blob_links WHERE owner = ?", (f"{user_id}/{message_id}",))
+                _unlink_message(db, user_id, message_id)
                 _append_change(db, user_id, CHANGE_DELETED, message_id, set())
                 deleted.append(record)
         return deleted
@@ -599,6 +768,22 @@ class SqliteMetadataStore(MetadataStore):
                         _draft_content(stored)))
         return stored
 
+    def _add_trace(self, events: list[TraceEvent], refs: list[str]) -> None:
+        db = self._conn()
+        db.executemany("INSERT OR REPLACE INTO trace_events (queue_id, step, event_key, at_ms,"
+                       " detail_json) VALUES (?, ?, ?, ?, ?)",
+                       [(e.queue_id, e.step, e.key, e.at_ms, json.dumps(e.detail))
+                        for e in events])
+        queue_ids = dict.fromkeys(e.queue_id for e in events)
+        now_ms = int(time.time() * 1000)
+        db.executemany("INSERT OR IGNORE INTO trace_refs (ref, queue_id, at_ms) VALUES (?, ?, ?)",
+                       [(ref, q, now_ms) for ref in refs if ref for q in queue_ids])
+        # Steps are kept TRACE_RETENTION_MS, as Cassandra's TTL does; swept hourly.
+        if now_ms - getattr(self, "_trace_swept_ms", 0) > 3_600_000:
+            self._trace_swept_ms = now_ms
+            db.execute("DELETE FROM trace_events WHERE at_ms < ?", (now_ms - TRACE_RETENTION_MS,))
+            db.execute("DELETE FROM trace_refs WHERE at_ms < ?", (now_ms - TRACE_RETENTION_MS,))
+
     def _put_outbound(self, entry: OutboundEntry, expected_generation: int) -> bool:
         row = (entry.queue_id, entry.generation, entry.state, entry.envelope,
                entry.next_attempt_ms, entry.last_error, entry.updated_at_ms)
@@ -617,7 +802,11 @@ class SqliteMetadataStore(MetadataStore):
         if expected_generation != -1:
             sql += " AND generation = ?"
             params.append(expected_generation)
-        return self._conn().execute(sql, params).rowcount == 1
+        with _transaction(self._conn()) as db:
+            if db.execute(sql, params).rowcount != 1:
+                return False
+            db.execute("DELETE FROM blob_links WHERE owner = ?", (f"outbound/{queue_id}",))
+        return True
 
     def _delete_draft(self, user_id: str, draft_id: str, expected_version: int) -> bool:
         with _transaction(self._conn()) as db:
@@ -658,6 +847,19 @@ def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _unlink_message(db: sqlite3.Connection, user_id: str, message_id: str) -> None:
+    """Drops a message's blob links and uncharges the blobs no other message
+    of the user links (owners `user/...` sort between `user/` and `user0`)."""
+    owner = f"{user_id}/{message_id}"
+    keys = [row[0] for row in db.execute("SELECT blob_key FROM blob_links WHERE owner = ?",
+                                         (owner,))]
+    db.execute("DELETE FROM blob_links WHERE owner = ?", (owner,))
+    for key in keys:
+        if db.execute("SELECT 1 FROM blob_links WHERE blob_key = ? AND owner >= ? AND owner < ?"
+                      " LIMIT 1", (key, f"{user_id}/", f"{user_id}0")).fetchone() is None:
+            db.execute("DELETE FROM user_blobs WHERE user_id = ? AND blob_key = ?", (user_id, key))
 
 
 def _append_change(db: sqlite3.Connection, user_id: str, kind: str, message_id: str,

@@ -36,6 +36,7 @@ from aiokafka.errors import (ClusterAuthorizationFailedError, CommitFailedError,
                              TopicAuthorizationFailedError, UnknownMemberIdError, for_code)
 
 from mailyard.policy.config import KafkaConfig
+from mailyard.policy.tls import client_context, warn_if_unverified
 from mailyard.store.errors import StorageError
 from mailyard.store.queue.base import Consumer, Queue, Record, partition_for
 
@@ -61,6 +62,14 @@ def _transient_for_commit(exc: BaseException) -> bool:
                                                IllegalGenerationError, UnknownMemberIdError))
 
 
+def _tls_settings(config: KafkaConfig) -> dict:
+    """aiokafka's TLS options when [kafka.tls] is enabled (brokers' SSL listeners)."""
+    if not config.tls.enabled:
+        return {}
+    warn_if_unverified(config.tls, f"kafka {','.join(config.bootstrap_servers)}")
+    return {"security_protocol": "SSL", "ssl_context": client_context(config.tls, "kafka.tls")}
+
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -81,9 +90,11 @@ class KafkaQueue(Queue):
         self.timeout = config.request_timeout
         self.member_ttl = member_ttl
         self.retention_ms = retention_ms
+        self.prefix = config.topic_prefix  # on every topic and group name
         self._client_settings = dict(
             bootstrap_servers=list(config.bootstrap_servers), client_id=config.client_id,
-            request_timeout_ms=_ms(config.request_timeout), retry_backoff_ms=100)
+            request_timeout_ms=_ms(config.request_timeout), retry_backoff_ms=100,
+            **_tls_settings(config))
         self._admin: AIOKafkaAdminClient | None = None
         self._producer: AIOKafkaProducer | None = None
         self._offsets: AIOKafkaConsumer | None = None  # no group: reads end offsets for lag
@@ -204,6 +215,7 @@ class KafkaQueue(Queue):
 
     async def publish(self, topic: str, key: bytes, value: bytes) -> Record:
         self._check_open()
+        topic = self.prefix + topic
         key, value = bytes(key), bytes(value)
         partition = partition_for(key, await self._partition_count(topic))
         timestamp = time.time_ns() // 1_000_000
@@ -228,6 +240,7 @@ class KafkaQueue(Queue):
 
     async def consumer(self, topic: str, group: str) -> Consumer:
         self._check_open()
+        topic, group = self.prefix + topic, self.prefix + group
         await self._partition_count(topic)  # the group subscribes to partitions that exist
         member = KafkaConsumer(self, topic, group)
         await member.join()
@@ -238,6 +251,7 @@ class KafkaQueue(Queue):
 
     async def lag(self, topic: str, group: str) -> int:
         self._check_open()
+        topic, group = self.prefix + topic, self.prefix + group
         partitions = await self._partition_count(topic)
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         ends, starts, committed = await self._retrying(f"lag of {group} on {topic}",

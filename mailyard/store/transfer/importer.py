@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from mailyard.policy.config import Config
+from mailyard.store.gc.links import link_and_secure
 from mailyard.store.mailbox.index_events import ADDED, announce
 from mailyard.store.metadata.base import (SYSTEM_LABELS, MessageRecord, MetadataStore,
                                           thread_subject)
@@ -273,6 +274,7 @@ class Importer:
         incoming, message_id = slot.incoming, slot.message_id
         try:
             try:
+                started = time.monotonic()
                 stored = await asyncio.get_running_loop().run_in_executor(
                     self._pool, workers.store, incoming.raw)
                 summary = stored.summary
@@ -295,7 +297,12 @@ class Importer:
                 has_attachments=bool(stored.attachments), attachments=stored.attachments,
                 malformed=summary.malformed)
             # As in delivery: link before the message becomes visible.
-            await self.metadata.link_blobs(f"{self.user_id}/{message_id}", stored.blob_keys)
+            await link_and_secure(
+                self.metadata, None, [f"{self.user_id}/{message_id}"], stored.blob_keys, started,
+                lambda: asyncio.get_running_loop().run_in_executor(
+                    self._pool, workers.store, incoming.raw),
+                grace=self.config.gc.grace, claim_lease=self.config.gc.claim_lease)
+            await self.metadata.charge_blobs(self.user_id, stored.blob_sizes)
             created = await self.metadata.put_message(record)
             if not created:
                 await self.metadata.modify_labels(self.user_id, [message_id],

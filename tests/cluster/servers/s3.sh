@@ -37,6 +37,10 @@ EOF
 }
 
 install() {
+    # Every suite run starts on an empty store, so runs do not pile up blobs.
+    # Data does survive stop and start within a run (as Kafka's does): the
+    # chaos run restarts this server and must find the spooled mail again.
+    running || rm -rf "$DIR/data" "$DIR/meta"
     local go=go
     command -v go >/dev/null || go=/usr/local/go/bin/go
     # The binary records its module version (its --version says only "git").
@@ -54,8 +58,6 @@ install() {
 start() {
     if ! running; then
         [ -x "$BIN" ] || { echo "s3: versitygw is not installed; run '$0 install'" >&2; exit 1; }
-        # Test data only: each start begins empty, so runs do not pile up blobs.
-        rm -rf "$DIR/data" "$DIR/meta"
         mkdir -p "$DIR/data" "$DIR/meta"
         # Object metadata goes to a sidecar directory rather than extended
         # attributes, which not every file system under the cache dir supports.

@@ -11,10 +11,10 @@ from http import HTTPStatus
 from typing import Literal
 
 from fastapi import FastAPI, Query, Request, Security
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from google.protobuf.json_format import MessageToDict
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -22,6 +22,7 @@ from starlette.routing import Match
 from mailyard.proto import mailbox_pb2
 from mailyard.store.errors import StorageError
 from mailyard.store.mailbox.gateway.context import GatewayAbort, GatewayContext
+from mailyard.store.mailbox.gateway.dashboard import add_operator_routes
 from mailyard.store.mailbox.gateway.schemas import ERROR_RESPONSES, Health, reply_model
 
 bearer = HTTPBearer(auto_error=False, description="A JWT from `mailyard token issue ADDRESS`")
@@ -88,8 +89,10 @@ def _allowed_methods(app: FastAPI, scope) -> set[str]:
     return {m for r in routes if r.path == path for m in r.methods}
 
 
-def create_app(service, metadata) -> FastAPI:
-    """The ASGI app over `service` (a MailboxService)."""
+def create_app(service, metadata, sampler=None,
+               operator_networks: list[str] = ("127.0.0.0/8", "::1/128")) -> FastAPI:
+    """The ASGI app over `service` (a MailboxService); `sampler` feeds the
+    dashboard, which `operator_networks` may see (dashboard.py)."""
     app = FastAPI(title="mailyard mailbox API", version="v1",
                   description="REST/JSON mirror of the gRPC service mailyard.mailbox.v1.Mailbox.")
     registry = CollectorRegistry()
@@ -144,9 +147,7 @@ def create_app(service, metadata) -> FastAPI:
             return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
-    async def metrics():
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    add_operator_routes(app, registry, sampler, list(operator_networks))
 
     # --- messages ----------------------------------------------------------
     @app.get("/v1/messages", tags=["messages"],
@@ -197,9 +198,10 @@ def create_app(service, metadata) -> FastAPI:
     @app.get("/v1/messages/{id}", tags=["messages"],
              response_model=reply_model("Message"), **REPLY)
     async def get_message(id: str, format: Literal["full", "metadata", "raw"] = "full",
-                          credentials=Auth) -> dict:
+                          allow_remote_images: bool = False, credentials=Auth) -> dict:
         return await reply("GetMessage", mailbox_pb2.GetMessageRequest(
-            id=id, format=FORMATS[format]), credentials)
+            id=id, format=FORMATS[format], allow_remote_images=allow_remote_images),
+            credentials)
 
     @app.delete("/v1/messages/{id}", tags=["messages"], description="Deletes one, for good.",
              response_model=reply_model("DeleteMessagesResponse"), **REPLY)
@@ -214,7 +216,10 @@ def create_app(service, metadata) -> FastAPI:
         request = mailbox_pb2.GetAttachmentRequest(message_id=id, attachment_id=attachment_id)
         chunks = [chunk.data async for chunk in
                   service.GetAttachment(request, GatewayContext(authorization))]
-        return Response(b"".join(chunks), media_type="application/octet-stream")
+        # The sender's bytes (an HTML attachment too): a browser must save, never render them.
+        return Response(b"".join(chunks), media_type="application/octet-stream",
+                        headers={"Content-Disposition": "attachment",
+                                 "X-Content-Type-Options": "nosniff"})
 
     @app.get("/v1/search", tags=["messages"],
              response_model=reply_model("SearchResponse"), **REPLY)
@@ -222,6 +227,11 @@ def create_app(service, metadata) -> FastAPI:
                      page_token: str = "", credentials=Auth) -> dict:
         return await reply("Search", mailbox_pb2.SearchRequest(
             query=q, page_size=page_size, page_token=page_token), credentials)
+
+    # --- storage usage ------------------------------------------------------
+    @app.get("/v1/usage", tags=["usage"], response_model=reply_model("Usage"), **REPLY)
+    async def get_usage(credentials=Auth) -> dict:
+        return await reply("GetUsage", mailbox_pb2.GetUsageRequest(), credentials)
 
     # --- labels ------------------------------------------------------------
     @app.get("/v1/labels", tags=["labels"],

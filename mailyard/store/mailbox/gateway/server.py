@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 
 import uvicorn
 
 from mailyard.policy.config import Config, parse_listen
 from mailyard.policy.logs import EventLog
+from mailyard.policy.tls import listener_mode, server_context
 from mailyard.store.mailbox.gateway.app import create_app
 from mailyard.store.mailbox.service import MailboxService
 
@@ -39,16 +41,29 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _tls_settings(config: Config) -> dict:
+    """uvicorn's TLS options for [gateway.tls]; none for plaintext. The files
+    are loaded first by policy/tls.py, whose errors name the setting."""
+    settings = config.gateway.tls
+    if server_context(settings, "gateway.tls") is None:
+        return {}
+    options = {"ssl_certfile": settings.cert_file, "ssl_keyfile": settings.key_file}
+    if settings.client_ca_file:
+        options.update(ssl_ca_certs=settings.client_ca_file, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
+
+
 async def serve(config: Config, stores, stop: asyncio.Event, ready=None, searcher=None,
-                submitter=None) -> None:
+                submitter=None, sampler=None, spam_feedback=None) -> None:
     log = EventLog("gateway")
     metadata = await stores.metadata()
     service = MailboxService(config, metadata, await stores.blobs(), await stores.cache(),
-                             await stores.queue(), log, searcher, submitter)
+                             await stores.queue(), log, searcher, submitter, spam_feedback)
     host, port = parse_listen(config.gateway.listen)
     sock = _bind(host, port)
-    server = _Server(uvicorn.Config(create_app(service, metadata), log_config=None,
-                                    access_log=False, lifespan="off"))
+    app = create_app(service, metadata, sampler, config.gateway.operator_networks)
+    server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                                    **_tls_settings(config)))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
@@ -56,7 +71,7 @@ async def serve(config: Config, stores, stop: asyncio.Event, ready=None, searche
             raise RuntimeError("the gateway stopped while starting")
         await asyncio.sleep(0.02)
     bound = sock.getsockname()[1]
-    log.info("listening", address=f"{host}:{bound}")
+    log.info("listening", address=f"{host}:{bound}", tls=listener_mode(config.gateway.tls))
     if ready:
         ready((host, bound))
     stopper = asyncio.create_task(stop.wait())

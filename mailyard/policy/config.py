@@ -983,7 +983,7 @@ class _KeyLocator:
                 table = _dotted(stripped.strip("[] \t").split("#")[0].strip().strip("]").strip())
                 self._add(table, number)
             elif "=" in stripped and not stripped.startswith("#"):
-                key = _dotted(stripped.split("=", 1)[0])
+                key = _key_of(stripped)
                 self._add(f"{table}.{key}" if table else key, number)
 
     def _add(self, dotted: str, number: int) -> None:
@@ -1000,6 +1000,29 @@ class _KeyLocator:
         return None
 
 
+def _key_of(line: str) -> str:
+    """The dotted key a `key = value` line sets. A quoted key may hold "="
+    itself ('a = b' = 1), so the key ends at the first "=" before which the
+    text reads as a whole key."""
+    start = 0
+    while (at := line.find("=", start)) != -1:
+        try:
+            document = tomllib.loads(f"{line[:at]} = 0")
+        except Exception:
+            start = at + 1
+            continue
+        return _name(document)
+    return line.split("=", 1)[0].strip().strip("\"'")  # a line inside a multi-line value
+
+
+def _name(document: dict) -> str:
+    parts = []
+    while isinstance(document, dict) and len(document) == 1:
+        name, document = next(iter(document.items()))
+        parts.append(name)
+    return ".".join(parts)
+
+
 def _dotted(key: str) -> str:
     """A TOML key as written (bare, quoted, dotted, with blanks: `"mx" . listen`)
     as the dotted name errors use (mx.listen), read by tomllib itself."""
@@ -1007,8 +1030,4 @@ def _dotted(key: str) -> str:
         document = tomllib.loads(f"{key} = 0")
     except Exception:  # not a key: a line inside a multi-line value
         return key.strip().strip("\"'")
-    parts = []
-    while isinstance(document, dict) and len(document) == 1:
-        name, document = next(iter(document.items()))
-        parts.append(name)
-    return ".".join(parts)
+    return _name(document)

@@ -1,8 +1,9 @@
-"""How fast the indexer's bulk writes go into each SearchIndex adapter.
+"""How fast the indexer extracts text, and its bulk writes go into each SearchIndex adapter.
 
     python bench/search/index_throughput.py --messages 20000 [--opensearch URL]
 
-Extracts the generated corpus (corpus.py) once, then times only
+Extracts the generated corpus (corpus.py) once, timing the extraction in CPU
+seconds of this process (steadier than wall time on a shared machine), then times only
 SearchIndex.write in batches of search.batch_size documents spread over
 --users users, as the indexer writes them: FTS5 in a temporary directory,
 and OpenSearch (a fresh index prefix, deleted after) once per refresh mode.
@@ -30,9 +31,9 @@ from mailyard.searchd.index.base import SearchDocument, SearchIndex  # noqa: E40
 from mailyard.store.metadata.base import MessageRecord  # noqa: E402
 
 
-def documents(count: int, users: int) -> list[SearchDocument]:
+def documents(messages, users: int) -> list[SearchDocument]:
     docs = []
-    for n, message in enumerate(Generator().messages(count)):
+    for n, message in enumerate(messages):
         record = MessageRecord(user_id=f"user{n % users}@bench.test", message_id=f"m{n:08d}",
                                thread_id="", received_at_ms=message.received_at_ms,
                                skeleton_key="", size=len(message.raw), labels={"INBOX", "UNREAD"})
@@ -59,7 +60,11 @@ async def main() -> None:
     parser.add_argument("--opensearch", default="", help="http://host:port; omitted: FTS5 only")
     args = parser.parse_args()
     print(f"extracting {args.messages} messages ...", flush=True)
-    docs = documents(args.messages, args.users)
+    messages = list(Generator().messages(args.messages))
+    started = time.process_time()
+    docs = documents(messages, args.users)
+    print(f"extraction             {len(docs) / (time.process_time() - started):8.0f} messages"
+          " per CPU second", flush=True)
 
     from mailyard.searchd.index.fts5 import Fts5SearchIndex
     with tempfile.TemporaryDirectory() as tmp:

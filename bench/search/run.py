@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import multiprocessing
 import os
 import shutil
 import sqlite3
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import USER, Generator, testdata_messages  # noqa: E402
 
 from mailyard.searchd.bloom import BloomFilters, TermBloom  # noqa: E402
-from mailyard.searchd.extract import document  # noqa: E402
+from mailyard.searchd.bulk import Extractor, write_overlapped  # noqa: E402
 from mailyard.searchd.index.fts5 import Fts5SearchIndex  # noqa: E402
 from mailyard.searchd.query import terms  # noqa: E402
 from mailyard.searchd.searcher import IndexSearcher  # noqa: E402
@@ -79,6 +78,24 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
+def corpus(count: int, maildir: Path) -> list[tuple[Path, int, bool, bool, str]]:
+    """The corpus in MAILDIR: the one written there before for COUNT, or a new one."""
+    listing = maildir.parent / f"corpus-{count}.tsv"
+    if listing.exists():
+        entries = []
+        for line in listing.read_text().splitlines():
+            name, received, unread, starred, message_id = line.split("\t")
+            entries.append((maildir / "cur" / name, int(received), unread == "1",
+                            starred == "1", message_id))
+        return entries
+    shutil.rmtree(maildir, ignore_errors=True)
+    (maildir.parent / "notmuch-index.json").unlink(missing_ok=True)
+    entries = write_corpus(count, maildir)
+    listing.write_text("".join(f"{path.name}\t{received}\t{int(unread)}\t{int(starred)}\t{mid}\n"
+                               for path, received, unread, starred, mid in entries))
+    return entries
+
+
 def write_corpus(count: int, maildir: Path) -> list[tuple[Path, int, bool, bool, str]]:
     """The messages as maildir files, with (path, received ms, unread, starred, Message-ID)."""
     (maildir / "cur").mkdir(parents=True)
@@ -99,57 +116,49 @@ def write_corpus(count: int, maildir: Path) -> list[tuple[Path, int, bool, bool,
     return entries
 
 
-def extract(entry) -> object:
+def _record(entry, size: int) -> MessageRecord:
     path, received_at_ms, unread, starred, _ = entry
-    raw = path.read_bytes()
     labels = {"INBOX"} | ({"UNREAD"} if unread else set()) | ({"STARRED"} if starred else set())
-    record = MessageRecord(user_id=USER, message_id=path.name.split(".")[0],
-                           thread_id="", received_at_ms=received_at_ms, skeleton_key="",
-                           size=len(raw), labels=labels)
-    doc = document(record, raw)
-    doc.has_attachment = bool(doc.text.get("filename"))
-    return doc
+    return MessageRecord(user_id=USER, message_id=path.name.split(".")[0], thread_id="",
+                         received_at_ms=received_at_ms, skeleton_key="", size=size, labels=labels)
 
 
 async def index_corpus(entries, db_path: Path, workers: int, bloom: TermBloom) -> float:
+    """As `mailyard search reindex` does (searchd/bulk.py), from the maildir
+    instead of the stores: extraction on WORKERS processes overlapping the
+    FTS5 writes, batches of 1,000, the Bloom filter learning each batch first."""
     index = Fts5SearchIndex(db_path)
     await index.start()
     start = time.perf_counter()
-    batch = []
-    with multiprocessing.Pool(workers) if workers > 1 else _Serial() as pool:
-        for n, doc in enumerate(pool.imap(extract, entries, chunksize=64), 1):
-            batch.append(doc)
-            if len(batch) == 1000:
-                _learn(bloom, batch)
-                await index.write(batch)
-                batch = []
-            if n % 10_000 == 0:
-                print(f"  indexed {n} ({n / (time.perf_counter() - start):.0f}/s)", flush=True)
-        _learn(bloom, batch)
-        await index.write(batch)
+
+    async def batches():
+        done = 0
+        for first in range(0, len(entries), 1000):
+            items = []
+            for entry in entries[first:first + 1000]:
+                raw = entry[0].read_bytes()
+                items.append((_record(entry, len(raw)), raw))
+            docs = await extractor.documents(items)
+            for doc in docs:  # the corpus has no stored record saying so
+                doc.has_attachment = bool(doc.text.get("filename"))
+            yield docs
+            done += len(docs)
+            if done % 50_000 < 1000:
+                print(f"  indexed {done} ({done / (time.perf_counter() - start):.0f}/s)",
+                      flush=True)
+
+    async def learn(docs) -> None:
+        found = set()
+        for doc in docs:
+            for text in doc.text.values():
+                found.update(text.split())
+        bloom.update(found)
+
+    with Extractor(processes=workers) as extractor:
+        await write_overlapped(index, batches(), learn)
     elapsed = time.perf_counter() - start
     await index.close()
     return elapsed
-
-
-class _Serial:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def imap(self, fn, items, chunksize=1):
-        return map(fn, items)
-
-
-def _learn(bloom: TermBloom, docs) -> None:
-    """As the indexer does: the batch's distinct terms, once each."""
-    found = set()
-    for doc in docs:
-        for text in doc.text.values():
-            found.update(text.split())
-    bloom.update(found)
 
 
 async def time_ours(db_path: Path, bloom: TermBloom, mix, repeat: int):
@@ -172,8 +181,11 @@ async def time_ours(db_path: Path, bloom: TermBloom, mix, repeat: int):
     return results, searcher.stats
 
 
-def notmuch_index(maildir: Path, entries) -> tuple[float, Path]:
+def notmuch_index(maildir: Path, entries) -> tuple[float | None, Path]:
+    """Indexes MAILDIR with notmuch; None for the time when an earlier run did."""
     config = maildir.parent / "notmuch-config"
+    if (maildir / ".notmuch").exists() and (maildir.parent / "notmuch-index.json").exists():
+        return None, config
     config.write_text(f"[database]\npath={maildir}\n[user]\nname=Bench\nprimary_email={USER}\n"
                       "[new]\ntags=inbox;\n[search]\nexclude_tags=\n"
                       "[maildir]\nsynchronize_flags=false\n")
@@ -207,18 +219,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes extracting text (the indexer service uses 1)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes extracting text, as `mailyard search reindex`"
+                             " --processes (default: one per core)")
     parser.add_argument("--no-notmuch", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", type=Path, help="also write the figures here (for bench/run)")
+    parser.add_argument("--work", type=Path,
+                        help="work directory, kept: a corpus and notmuch index left there by an"
+                             " earlier run of the same size are used again (mailyard's index is"
+                             " always rebuilt)")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="mailyard-search-bench-"))
+    if args.work:
+        args.keep = True
+        args.work.mkdir(parents=True, exist_ok=True)
+    work = args.work or Path(tempfile.mkdtemp(prefix="mailyard-search-bench-"))
     try:
         print(f"corpus: {args.messages} generated messages + shared testdata, in {work}")
         start = time.perf_counter()
-        entries = write_corpus(args.messages, work / "mail")
+        entries = corpus(args.messages, work / "mail")
         corpus_bytes = sum(e[0].stat().st_size for e in entries)
         print(f"  {len(entries)} messages, {corpus_bytes / len(entries) / 1024:.1f} KiB average,"
               f" written in {time.perf_counter() - start:.0f} s")
@@ -226,6 +246,8 @@ def main() -> None:
 
         bloom = TermBloom()
         db_path = work / "search.db"
+        for old in work.glob("search.db*"):
+            old.unlink()
         elapsed = asyncio.run(index_corpus(entries, db_path, args.workers, bloom))
         with sqlite3.connect(db_path) as db:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -240,6 +262,10 @@ def main() -> None:
         if not args.no_notmuch:
             nm_elapsed, nm_config = notmuch_index(work / "mail", entries)
             nm_size = dir_size(work / "mail" / ".notmuch") / len(entries)
+            if nm_elapsed is None:
+                print("notmuch:  the index an earlier run built here, with its figures")
+                nm_elapsed, nm_size = json.loads((work / "notmuch-index.json").read_text())
+            (work / "notmuch-index.json").write_text(json.dumps([nm_elapsed, nm_size]))
             print(f"notmuch:  indexed {len(entries)} in {nm_elapsed:.0f} s ="
                   f" {len(entries) / nm_elapsed:.0f} msgs/s, index {nm_size / 1024:.2f} KiB/msg")
             queries = work / "queries.json"

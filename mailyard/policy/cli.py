@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     reindex = search.add_parser("reindex", help="rebuild the index of USER (default: every "
                                                 "user) from the stored messages")
     reindex.add_argument("user", nargs="?")
+    reindex.add_argument("--processes", type=int, default=None, metavar="N",
+                         help="processes extracting text (default: one per core; 0: none)")
 
     imports = commands.add_parser(
         "import", help="import a user's mail from an mbox file or a Maildir; run it again "
@@ -293,7 +295,8 @@ def cmd_search_reindex(config: Config, args) -> None:
         try:
             if args.user and await (await stores.metadata()).get_user(args.user) is None:
                 raise UsageError(f"no such user: {args.user}")
-            return await reindex(config, stores, [args.user] if args.user else None, Progress())
+            return await reindex(config, stores, [args.user] if args.user else None, Progress(),
+                                 processes=args.processes)
         finally:
             await stores.close()
 

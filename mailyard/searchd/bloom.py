@@ -67,8 +67,13 @@ def _hash(term: str) -> tuple[int, int]:
 
 
 class TermBloom:
+    # Terms this object has added, so a long bulk load (reindex) does not hash
+    # the common words of every batch again: most of a batch's terms are known.
+    MEMO_LIMIT = 500_000
+
     def __init__(self, layers: list[_Layer] | None = None):
         self.layers = layers or [_Layer(FIRST_CAPACITY)]
+        self._added: set[str] = set()
 
     def __contains__(self, term: str) -> bool:
         h1, h2 = _hash(term)
@@ -86,8 +91,12 @@ class TermBloom:
         last.add(h1, h2)
 
     def update(self, terms) -> None:
-        for term in set(terms):
+        fresh = set(terms).difference(self._added)
+        for term in fresh:
             self.add(term)
+        if len(self._added) + len(fresh) > self.MEMO_LIMIT:
+            self._added.clear()
+        self._added |= fresh
 
     def to_bytes(self) -> bytes:
         chunks = [_MAGIC, struct.pack("<B", len(self.layers))]

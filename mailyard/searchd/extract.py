@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 
 from mailyard.policy.logs import EventLog
 from mailyard.searchd.index.base import SearchDocument
-from mailyard.searchd.query import terms
+from mailyard.searchd.query import index_text
 from mailyard.store.metadata.base import MessageRecord
 from mailyard.store.mime import PartInfo, decode_part
 from mailyard.store.mime.skeleton import header_text, parse
@@ -76,7 +76,7 @@ def document(record: MessageRecord, raw: bytes, limits: Limits = Limits(),
         user_id=record.user_id, message_id=record.message_id,
         received_at_ms=record.received_at_ms, size=record.size, labels=set(record.labels),
         has_attachment=record.has_attachments,
-        text={name: " ".join(terms(value)) for name, value in fields.items() if value})
+        text={name: index_text(value) for name, value in fields.items() if value})
 
 
 def _is_readable(content_type: str, filename: str) -> bool:

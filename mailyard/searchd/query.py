@@ -32,6 +32,9 @@ SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
 
 TEXT_FIELDS = ("from", "to", "cc", "bcc", "subject", "filename")
 _TOKEN = re.compile(r"[^\W_]+")
+# For ASCII text, _TOKEN's runs are runs of [a-z0-9] once lower-cased: every other byte
+# becomes a space, and split() finds the same runs about four times faster.
+_ASCII_SEPARATORS = bytes(c if chr(c).isascii() and chr(c).isalnum() else 32 for c in range(256))
 
 
 class QueryError(InvalidQuery):
@@ -46,6 +49,14 @@ def terms(text: str) -> tuple[str, ...]:
         text = "".join(c for c in unicodedata.normalize("NFKD", text)
                        if not unicodedata.combining(c))
     return tuple(_TOKEN.findall(text.lower()))
+
+
+def index_text(text: str) -> str:
+    """" ".join(terms(text)): what the indexer stores of a field, computed without
+    a regular expression when the text is ASCII (most mail)."""
+    if text.isascii():
+        return b" ".join(text.lower().encode().translate(_ASCII_SEPARATORS).split()).decode()
+    return " ".join(terms(text))
 
 
 # --- the tree --------------------------------------------------------------

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from mailyard.searchd.index.base import SearchDocument
 from mailyard.searchd.index.fts5 import Fts5SearchIndex
 from mailyard.searchd.query import (And, Anywhere, HasAttachment, Label, MatchAll, Not, Or,
-                                    QueryError, Received, Size, Text, parse, terms)
+                                    QueryError, Received, Size, Text, index_text, parse,
+                                    terms)
 from mailyard.store.errors import StorageError
 from mailyard.store.mailbox.search import InvalidQuery
 
@@ -108,6 +109,13 @@ def test_label_with_a_space_before_its_value_is_still_the_label():
 def test_terms_fold_case_and_accents_and_split_on_punctuation():
     assert terms("Ångström's e-mail: RÉSUMÉ_v2 naïve 42") == (
         "angstrom", "s", "e", "mail", "resume", "v2", "naive", "42")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F)) | st.text())
+def test_index_text_is_the_terms_joined(text):
+    # The ASCII shortcut must find exactly the regular expression's runs.
+    assert index_text(text) == " ".join(terms(text))
 
 
 # --- property tests ----------------------------------------------------

@@ -12,8 +12,12 @@ reads one page of postings instead of ranking every match:
   take the next free rowid (one millisecond "older").
 - `fts` is contentless (content=''), columnsize=0 and detail=full (phrases
   need positions): only the inverted index is stored. The text it was fed is
-  kept zlib-compressed in `doc_text`, to delete a document and to rebuild the
-  Bloom filter of terms.
+  kept zstd-compressed in `doc_text` (zlib in files written before), to delete
+  a document and to rebuild the Bloom filter of terms.
+- The text arrives already tokenized by query.terms (words joined by spaces),
+  so FTS5's `ascii` tokenizer, which only splits on ASCII punctuation and
+  spaces, indexes exactly those words, and is cheaper than `unicode61` (which
+  files written before use; their queries go through the same terms()).
 - `docs` holds what is not text (labels, size, attachment flag, time); each
   FTS5 hit is joined to it by rowid for the label/size filters.
 
@@ -28,6 +32,8 @@ import os
 import sqlite3
 import time
 import zlib
+
+import zstandard
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, TypeVar
@@ -68,7 +74,7 @@ SCHEMA = (
     f"""CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
         {', '.join(_FTS_COLUMNS)},
         content='', columnsize=0, detail=full,
-        tokenize='unicode61 remove_diacritics 0'
+        tokenize='ascii'
     )""",
 )
 
@@ -87,12 +93,20 @@ def slot_range(slot: int) -> tuple[int, int]:
     return slot << TIME_BITS, (slot << TIME_BITS) | TIME_MAX
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_compressor = zstandard.ZstdCompressor(level=1)  # used on the writer thread only
+
+
 def _pack(texts: list[str]) -> bytes:
-    return zlib.compress("\x00".join(texts).encode(), 1)
+    return _compressor.compress("\x00".join(texts).encode())
 
 
 def _unpack(blob: bytes) -> list[str]:
-    return zlib.decompress(blob).decode().split("\x00")
+    if blob[:4] == _ZSTD_MAGIC:
+        data = zstandard.ZstdDecompressor().decompress(blob)  # both threads read
+    else:  # written before zstd
+        data = zlib.decompress(blob)
+    return data.decode().split("\x00")
 
 
 class Fts5SearchIndex(SearchIndex):

@@ -131,31 +131,27 @@ async def index_corpus(entries, db_path: Path, workers: int, bloom: TermBloom) -
     await index.start()
     start = time.perf_counter()
 
-    async def batches():
-        done = 0
+    async def item_batches():
         for first in range(0, len(entries), 1000):
             items = []
             for entry in entries[first:first + 1000]:
                 raw = entry[0].read_bytes()
                 items.append((_record(entry, len(raw)), raw))
-            docs = await extractor.documents(items)
-            for doc in docs:  # the corpus has no stored record saying so
-                doc.has_attachment = bool(doc.text.get("filename"))
-            yield docs
-            done += len(docs)
-            if done % 50_000 < 1000:
-                print(f"  indexed {done} ({done / (time.perf_counter() - start):.0f}/s)",
-                      flush=True)
+            yield items
 
-    async def learn(docs) -> None:
-        found = set()
-        for doc in docs:
-            for text in doc.text.values():
-                found.update(text.split())
-        bloom.update(found)
+    done = 0
+
+    async def learn(batch) -> None:
+        nonlocal done
+        for doc in batch.documents:  # the corpus has no stored record saying so
+            doc.has_attachment = bool(doc.text.get("filename"))
+        bloom.update(batch.terms)
+        done += len(batch.documents)
+        if done % 50_000 < 1000:
+            print(f"  indexed {done} ({done / (time.perf_counter() - start):.0f}/s)", flush=True)
 
     with Extractor(processes=workers) as extractor:
-        await write_overlapped(index, batches(), learn)
+        await write_overlapped(index, extractor.stream(item_batches()), learn)
     elapsed = time.perf_counter() - start
     await index.close()
     return elapsed

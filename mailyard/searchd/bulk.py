@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
 
 from mailyard.policy.logs import EventLog
@@ -23,11 +24,24 @@ Item = tuple[MessageRecord, bytes]
 _worker_log: EventLog | None = None
 
 
-def _extract_all(items: list[Item], limits: Limits) -> list[SearchDocument]:
+@dataclass
+class Batch:
+    documents: list[SearchDocument]
+    terms: set[str] = field(default_factory=set)   # every term of the documents, once
+
+
+def _extract_all(items: list[Item], limits: Limits) -> Batch:
+    """In a worker: the documents, and their distinct terms (for the Bloom
+    filters; cheaper here than in the process that also writes)."""
     global _worker_log
     if _worker_log is None:
         _worker_log = EventLog("reindex")
-    return [document(record, raw, limits, _worker_log) for record, raw in items]
+    documents = [document(record, raw, limits, _worker_log) for record, raw in items]
+    terms: set[str] = set()
+    for doc in documents:
+        for text in doc.text.values():
+            terms.update(text.split())
+    return Batch(documents, terms)
 
 
 class Extractor:
@@ -40,9 +54,9 @@ class Extractor:
         self._pool = (ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
                       if processes > 0 else None)
 
-    async def documents(self, items: list[Item]) -> list[SearchDocument]:
+    async def extract(self, items: list[Item]) -> Batch:
         if not items:
-            return []
+            return Batch([])
         if self._pool is None:
             return await asyncio.to_thread(_extract_all, items, self.limits)
         loop = asyncio.get_running_loop()
@@ -50,7 +64,29 @@ class Extractor:
         chunks = [items[i:i + size] for i in range(0, len(items), size)]
         done = await asyncio.gather(*(loop.run_in_executor(self._pool, _extract_all, chunk,
                                                            self.limits) for chunk in chunks))
-        return [doc for chunk in done for doc in chunk]
+        return Batch([doc for part in done for doc in part.documents],
+                     set().union(*(part.terms for part in done)))
+
+    async def documents(self, items: list[Item]) -> list[SearchDocument]:
+        return (await self.extract(items)).documents
+
+    async def stream(self, item_batches: AsyncIterator[list[Item]]) -> AsyncIterator[Batch]:
+        """The batches extracted, one batch ahead: the workers start on the
+        next batch while this one is learnt and written."""
+        ahead: asyncio.Future | None = None
+        try:
+            async for items in item_batches:
+                started = asyncio.ensure_future(self.extract(items))
+                if ahead is not None:
+                    yield await ahead
+                ahead = started
+            if ahead is not None:
+                yield await ahead
+                ahead = None
+        finally:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -64,19 +100,19 @@ class Extractor:
         self.close()
 
 
-async def write_overlapped(index: SearchIndex, batches: AsyncIterator[list[SearchDocument]],
-                           learn: Callable[[list[SearchDocument]], Awaitable[None]]) -> int:
-    """Writes each batch of `batches` while the next one is being prepared;
-    returns the number of documents written."""
+async def write_overlapped(index: SearchIndex, batches: AsyncIterator[Batch],
+                           learn: Callable[[Batch], Awaitable[None]]) -> int:
+    """Writes each batch of `batches` while the next one is being prepared,
+    after `learn` has seen it; returns the number of documents written."""
     writing: asyncio.Future | None = None
     written = 0
     try:
-        async for documents in batches:
-            await learn(documents)
+        async for batch in batches:
+            await learn(batch)
             if writing is not None:
                 await writing
-            writing = asyncio.ensure_future(index.write(documents))
-            written += len(documents)
+            writing = asyncio.ensure_future(index.write(batch.documents))
+            written += len(batch.documents)
         if writing is not None:
             await writing
     finally:

@@ -22,7 +22,7 @@ from typing import TextIO
 from mailyard.policy.config import Config
 from mailyard.policy.logs import EventLog
 from mailyard.searchd.bloom import BloomFilters
-from mailyard.searchd.bulk import Extractor, Item, write_overlapped
+from mailyard.searchd.bulk import Batch, Extractor, Item, write_overlapped
 from mailyard.searchd.extract import Limits
 from mailyard.searchd.index import shared_index
 from mailyard.store.errors import NotFound
@@ -73,25 +73,24 @@ async def reindex(config: Config, stores, users: list[str] | None = None,
             await index.delete_user(user_id)
             started, done = time.monotonic(), 0
 
-            async def batches():
+            async def item_batches():
                 nonlocal done
                 after = None
                 while records := await metadata.list_all_messages(user_id, batch_size, after):
                     after = (records[-1].received_at_ms, records[-1].message_id)
-                    yield await extractor.documents(await _load(blobs, records, log))
+                    yield await _load(blobs, records, log)
                     done += len(records)
                     if progress:
                         progress.show(user_id, position, len(users), done, total, started)
 
-            async def learn(documents) -> None:
+            async def learn(batch: Batch) -> None:
                 bloom = await blooms.load(user_id, writable=True)
                 if bloom is not None:  # the indexer rebuilt one meanwhile: keep it whole
-                    bloom.update({t for doc in documents for text in doc.text.values()
-                                  for t in text.split()})
+                    bloom.update(batch.terms)
                     if not await blooms.save(user_id, bloom):
                         await blooms.drop(user_id)
 
-            await write_overlapped(index, batches(), learn)
+            await write_overlapped(index, extractor.stream(item_batches()), learn)
             indexed += done
             if progress:
                 progress.show(user_id, position, len(users), done, total, started, final=True)

@@ -43,20 +43,22 @@ async def test_overlapped_writes_learn_each_batch_before_writing_it(tmp_path):
     items = [item(n) for n in range(60)]
     learnt: list[str] = []
 
-    async def batches():
+    async def item_batches():
         for first in range(0, len(items), 20):
-            yield await extractor.documents(items[first:first + 20])
+            yield items[first:first + 20]
 
-    async def learn(docs) -> None:
+    async def learn(batch) -> None:
         # Nothing of this batch may be searchable before its terms are learnt.
-        for doc in docs:
+        for doc in batch.documents:
             word = doc.text["body"].split()[3]  # the batch word
+            assert word in batch.terms
             assert not (await index.search(USER, parse(word), 50)).hits
-        learnt.extend(doc.message_id for doc in docs)
+        learnt.extend(doc.message_id for doc in batch.documents)
 
     try:
         with Extractor(processes=1) as extractor:
-            assert await write_overlapped(index, batches(), learn) == 60
+            written = await write_overlapped(index, extractor.stream(item_batches()), learn)
+            assert written == 60
         assert learnt == [r.message_id for r, _ in items]
         assert await index.count(USER) == 60
         hits = (await index.search(USER, parse("filename:notes30"), 50)).hits

@@ -117,6 +117,7 @@ class Fts5SearchIndex(SearchIndex):
         self._reader: ThreadPoolExecutor | None = None
         self._wdb: sqlite3.Connection | None = None
         self._rdb: sqlite3.Connection | None = None
+        self._slots: dict[str, int] = {}  # found slots only: a slot, once given, never changes
 
     async def start(self) -> None:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="search-fts5-write")
@@ -279,8 +280,12 @@ class Fts5SearchIndex(SearchIndex):
             raise
 
     def _slot(self, db: sqlite3.Connection, user_id: str, create: bool = False) -> int | None:
+        slot = self._slots.get(user_id)
+        if slot is not None:
+            return slot
         row = db.execute("SELECT slot FROM users WHERE user_id = ?", (user_id,)).fetchone()
         if row is not None:
+            self._slots[user_id] = row[0]
             return row[0]
         if not create:
             return None
@@ -288,7 +293,7 @@ class Fts5SearchIndex(SearchIndex):
         if slot >= MAX_SLOTS:
             raise StorageError(f"search index {self._path}: more than {MAX_SLOTS} users")
         db.execute("INSERT INTO users (user_id, slot) VALUES (?, ?)", (user_id, slot))
-        return slot
+        return slot  # cached once read back: this transaction may yet roll back
 
     def _find(self, db: sqlite3.Connection, user_id: str, message_id: str,
               slot: int | None = None) -> int | None:

@@ -151,7 +151,8 @@ async def index_corpus(entries, db_path: Path, workers: int, bloom: TermBloom) -
             print(f"  indexed {done} ({done / (time.perf_counter() - start):.0f}/s)", flush=True)
 
     with Extractor(processes=workers) as extractor:
-        await write_overlapped(index, extractor.stream(item_batches()), learn)
+        async with index.rebuilding():  # a whole-index rebuild, as reindex of every user
+            await write_overlapped(index, extractor.stream(item_batches()), learn)
     elapsed = time.perf_counter() - start
     await index.close()
     return elapsed

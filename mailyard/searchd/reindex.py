@@ -14,6 +14,7 @@ superset of what is searchable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -60,10 +61,18 @@ async def reindex(config: Config, stores, users: list[str] | None = None,
     index = await shared_index(config, stores)
     blooms = BloomFilters(await stores.cache())
     limits = Limits(config.search.max_attachment_bytes, config.search.max_text_chars)
-    if users is None:
+    whole = users is None
+    if whole:
         users = [user.address for user in await metadata.list_users()]
     if processes is None:
         processes = os.cpu_count() or 1
+    async with index.rebuilding() if whole else contextlib.nullcontext():
+        return await _reindex_users(index, metadata, blobs, blooms, limits, processes,
+                                    users, progress, batch_size, log)
+
+
+async def _reindex_users(index, metadata, blobs, blooms, limits, processes, users, progress,
+                         batch_size, log) -> int:
     indexed = 0
     with Extractor(limits, processes) as extractor:
         for position, user_id in enumerate(users, 1):

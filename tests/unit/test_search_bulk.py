@@ -70,3 +70,29 @@ async def test_overlapped_writes_learn_each_batch_before_writing_it(tmp_path):
 
 def test_index_text_written_with_zlib_still_unpacks():
     assert _unpack(zlib.compress("subject\x00body text".encode(), 1)) == ["subject", "body text"]
+
+
+async def test_a_rebuild_defers_merges_then_leaves_one_segment(tmp_path):
+    index = Fts5SearchIndex(tmp_path / "search.db")
+    await index.start()
+
+    def config(db) -> dict:
+        return dict(db.execute("SELECT k, v FROM fts_config").fetchall())
+
+    def segments(db) -> int:
+        return db.execute("SELECT count(DISTINCT segid) FROM fts_idx").fetchone()[0]
+
+    try:
+        async with index.rebuilding():
+            assert config(index._wdb)["automerge"] == 0
+            with Extractor() as extractor:
+                for first in range(0, 40, 5):  # a segment per write
+                    await index.write(await extractor.documents([item(n) for n in
+                                                                 range(first, first + 5)]))
+            assert len((await index.search(USER, parse("cafe"), 100)).hits) == 40
+            assert segments(index._wdb) >= 8  # none merged
+        assert config(index._wdb)["automerge"] == 4
+        assert segments(index._wdb) == 1  # optimized
+        assert len((await index.search(USER, parse("cafe"), 100)).hits) == 40
+    finally:
+        await index.close()

@@ -13,6 +13,7 @@ Backend failures raise store.errors.StorageError.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -85,6 +86,13 @@ class SearchIndex(abc.ABC):
     def terms(self, user_id: str) -> AsyncIterator[str]:
         """Every distinct term of the user's documents, in no order (to rebuild
         the user's Bloom filter when the cache lost it)."""
+
+    @contextlib.asynccontextmanager
+    async def rebuilding(self) -> AsyncIterator[None]:
+        """Around a rebuild of the whole index (`mailyard search reindex` of
+        every user): an adapter may defer its upkeep to the end. Reads and
+        writes stay correct meanwhile."""
+        yield
 
     @abc.abstractmethod
     async def close(self) -> None:
